@@ -1,0 +1,12 @@
+"""keras-bidir: bidirectional optimization for Keras 3.
+
+One gradient computation per step gives the loss gradient with respect to the
+weights (for the optimizer) and to the inputs (for an input policy such as
+FGSM, PGD or free adversarial training).
+"""
+
+from keras_bidir import policies
+from keras_bidir.model import BidirectionalModel
+from keras_bidir.version import __version__
+
+__all__ = ["BidirectionalModel", "policies", "__version__"]

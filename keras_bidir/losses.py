@@ -1,0 +1,90 @@
+"""Per-example losses for attacks, derived from what the user compiled."""
+
+import keras
+from keras import ops
+from keras import tree
+
+
+def _unreduced(loss):
+    """A callable `(y_true, y_pred) -> per-example loss` for one loss spec."""
+    if isinstance(loss, keras.losses.Loss):
+        config = loss.get_config()
+        config["reduction"] = None
+        return loss.__class__.from_config(config)
+    if isinstance(loss, str):
+        return keras.losses.get(loss)  # Functional form: already unreduced.
+    if callable(loss):
+        return loss
+    raise TypeError(f"Cannot use {loss!r} as a loss.")
+
+
+def _mean_over_non_batch(values):
+    values = ops.convert_to_tensor(values)
+    if len(values.shape) <= 1:
+        return values
+    return ops.mean(values, axis=tuple(range(1, len(values.shape))))
+
+
+def per_example_loss_fn(loss, loss_weights=None):
+    """Builds `fn(y_true, y_pred) -> (batch,)` from a compiled-style loss spec.
+
+    Args:
+        loss: a loss name, function or `keras.losses.Loss`, or a list / dict of
+            them matching the model's outputs.
+        loss_weights: optional list / dict of scalar weights, as in `compile`.
+
+    Returns:
+        A callable summing the weighted per-example losses of all outputs.
+    """
+    if isinstance(loss, dict):
+        keys = sorted(loss)
+        weights = loss_weights or {}
+        parts = [(k, _unreduced(loss[k]), weights.get(k, 1.0)) for k in keys if loss[k] is not None]
+
+        def by_name(y_true, y_pred):
+            terms = [
+                _mean_over_non_batch(fn(y_true[k], y_pred[k])) * w for k, fn, w in parts
+            ]
+            return ops.sum(ops.stack(terms), axis=0)
+
+        return by_name
+    if isinstance(loss, (list, tuple)):
+        weights = list(loss_weights) if loss_weights is not None else [1.0] * len(loss)
+        parts = [(i, _unreduced(item), weights[i]) for i, item in enumerate(loss) if item is not None]
+
+        def by_position(y_true, y_pred):
+            y_true, y_pred = tree.flatten(y_true), tree.flatten(y_pred)
+            terms = [
+                _mean_over_non_batch(fn(y_true[i], y_pred[i])) * w for i, fn, w in parts
+            ]
+            return ops.sum(ops.stack(terms), axis=0)
+
+        return by_position
+    fn = _unreduced(loss)
+    return lambda y_true, y_pred: _mean_over_non_batch(fn(y_true, y_pred))
+
+
+def output_activation_is_softmax(model):
+    """True when the model's last layer applies a softmax activation."""
+    layers = getattr(model, "layers", None)
+    if not layers:
+        return False
+    last = layers[-1]
+    if isinstance(last, keras.layers.Softmax):
+        return True
+    activation = getattr(last, "activation", None)
+    name = getattr(activation, "__name__", "")
+    return name == "softmax"
+
+
+def default_classification_loss(model, y):
+    """Cross-entropy matching the labels' form and the model's output.
+
+    Integer labels give sparse cross-entropy, one-hot labels categorical;
+    `from_logits` is False only when the model ends in a softmax.
+    """
+    from_logits = not output_activation_is_softmax(model)
+    y = ops.convert_to_tensor(y)
+    if "int" in str(y.dtype) or len(y.shape) == 1:
+        return keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits)
+    return keras.losses.CategoricalCrossentropy(from_logits=from_logits)

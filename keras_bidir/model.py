@@ -1,0 +1,441 @@
+"""BidirectionalModel: one gradient computation, two updates per training step."""
+
+import math
+import warnings
+
+import keras
+from keras import ops
+from keras import tree
+
+from keras_bidir import backend
+from keras_bidir import constraints
+from keras_bidir import data_utils
+from keras_bidir import inputs as inputs_lib
+from keras_bidir import losses as losses_lib
+from keras_bidir import policies as policies_lib
+from keras_bidir.metrics import PrefixedCompileMetrics
+from keras_bidir.metrics import clone_metric_spec
+from keras_bidir.policies.base import PerturbationContext
+from keras_bidir.policies.base import make_objective
+
+ATTACK_MODES = ("inference", "training")
+
+
+def _unpack(data):
+    return keras.utils.unpack_x_y_sample_weight(data)
+
+
+def _check_weight(name, value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{name} must be a number >= 0, got {value!r}.")
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be finite and >= 0, got {value!r}.")
+    return float(value)
+
+
+@keras.saving.register_keras_serializable(package="keras_bidir")
+class BidirectionalModel(keras.Model):
+    """Wraps a Keras model so that `fit()` trains it bidirectionally.
+
+    Each training step takes ONE gradient of the loss
+
+        L(θ, X) = clean_weight · f(θ, X) + adversarial_weight · f(θ, X̃)
+
+    with respect to both the trainable weights θ and the perturbed inputs X̃.
+    The optimizer applies the weight gradient; the input policy turns the input
+    gradient into the next perturbation (free adversarial training) or spends
+    extra ascent steps before the weight step (FGSM, PGD).
+
+    `clean_weight=0, adversarial_weight=1` is Madry-style adversarial training;
+    `clean_weight=1, adversarial_weight=λ` is NSL-style adversarial
+    regularization.
+
+    Only floating-point inputs are perturbed; integer, boolean and string
+    inputs pass through untouched.
+
+    Args:
+        base_model: any Keras model (Sequential, Functional or subclassed). It
+            is what you deploy: `model.base_model.save(...)`.
+        policy: an `keras_bidir.policies.InputPolicy`, or a policy name.
+        adversarial_weight: λ, weight of the loss on perturbed inputs (> 0).
+        clean_weight: c, weight of the loss on clean inputs (>= 0).
+        perturb: optional list of input names (dict keys or model input
+            names) to perturb; default: every floating-point input.
+        attack_mode: `"inference"` (default) runs the model with
+            `training=False` while the policy searches for the perturbation:
+            BatchNorm uses and keeps its moving statistics and Dropout is
+            off, as TRADES and VAT do. `"training"` runs those passes with
+            `training=True` (BatchNorm statistics are then updated by them).
+            The weight step itself always runs with `training=True`.
+        clean_metrics: log the compiled metrics on clean inputs. When the
+            clean loss is not part of the objective this costs one extra
+            forward pass per batch (in `attack_mode`); set False to skip it.
+        seed: integer seed of the policy's random stream (random starts,
+            noise).
+        **kwargs: passed to `keras.Model` (e.g. `name`).
+
+    Logs (training): `loss` (total), the compiled metrics on clean inputs,
+    `adv_loss` and `adv_<metric>` on perturbed inputs, `clean_loss` when
+    `clean_weight > 0`, and `perturbation_norm` (mean per-example norm of
+    x̃ − x in the policy's norm).
+
+    Example:
+
+    ```python
+    model = keras_bidir.BidirectionalModel(
+        base,
+        policy=keras_bidir.policies.PGD(0.2, steps=7, clip_min=0.0, clip_max=1.0),
+    )
+    model.compile(
+        optimizer="adam",
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    model.fit(x_train, y_train, epochs=10, validation_data=(x_val, y_val))
+    model.base_model.save("deploy.keras")
+    ```
+    """
+
+    def __init__(
+        self,
+        base_model,
+        policy,
+        adversarial_weight=1.0,
+        clean_weight=0.0,
+        perturb=None,
+        attack_mode="inference",
+        clean_metrics=True,
+        seed=None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if not isinstance(base_model, keras.layers.Layer):
+            raise TypeError(
+                f"base_model must be a Keras model, got {type(base_model).__name__}. "
+                "Build it with keras.Sequential, the functional API or by "
+                "subclassing keras.Model."
+            )
+        if isinstance(base_model, BidirectionalModel):
+            raise TypeError(
+                "base_model is already a BidirectionalModel; wrap the plain "
+                "model (its .base_model) instead."
+            )
+        self.base_model = base_model
+        self.policy = policies_lib.get(policy)
+        self.adversarial_weight = _check_weight("adversarial_weight", adversarial_weight)
+        if self.adversarial_weight == 0:
+            raise ValueError(
+                "adversarial_weight must be > 0: with 0 the policy has no effect. "
+                "Train the base model directly for ordinary training."
+            )
+        self.clean_weight = _check_weight("clean_weight", clean_weight)
+        if perturb is not None:
+            perturb = [perturb] if isinstance(perturb, str) else list(perturb)
+        self.perturb = perturb
+        if attack_mode not in ATTACK_MODES:
+            raise ValueError(
+                f"attack_mode must be one of {ATTACK_MODES}, got {attack_mode!r}."
+            )
+        self.attack_mode = attack_mode
+        self.clean_metrics = bool(clean_metrics)
+        self.seed = seed
+        self._seed_generator = keras.random.SeedGenerator(seed, name="policy_seed")
+        self.perturbation_scale = self.add_weight(
+            shape=(),
+            initializer="ones",
+            trainable=False,
+            name="perturbation_scale",
+        )
+        self._policy_state = []
+        self._policy_state_dtypes = []
+        self.adv_loss_tracker = keras.metrics.Mean(name="adv_loss")
+        self.clean_loss_tracker = (
+            keras.metrics.Mean(name="clean_loss") if self.clean_weight > 0 else None
+        )
+        self.perturbation_norm_tracker = keras.metrics.Mean(name="perturbation_norm")
+        object.__setattr__(self, "_adv_compile_metrics", None)
+        object.__setattr__(self, "_bidir_attack_loss", None)
+
+    # -- Keras model protocol ----------------------------------------------------
+    def call(self, inputs, training=None):
+        return self.base_model(inputs, training=training)
+
+    def compile(
+        self,
+        optimizer="adam",
+        loss=None,
+        loss_weights=None,
+        metrics=None,
+        weighted_metrics=None,
+        **kwargs,
+    ):
+        """Configures training; same arguments as `keras.Model.compile`.
+
+        The optimizer defaults to Adam. A loss is required: the policy
+        differentiates it with respect to the inputs.
+        """
+        if loss is None:
+            raise ValueError(
+                "BidirectionalModel.compile() needs a loss: the input policy "
+                "follows its gradient. For example "
+                "loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True)."
+            )
+        super().compile(
+            optimizer=optimizer,
+            loss=loss,
+            loss_weights=loss_weights,
+            metrics=metrics,
+            weighted_metrics=weighted_metrics,
+            **kwargs,
+        )
+        object.__setattr__(
+            self, "_bidir_attack_loss", losses_lib.per_example_loss_fn(loss, loss_weights)
+        )
+        adv_metrics = None
+        if metrics or weighted_metrics:
+            adv_metrics = PrefixedCompileMetrics(
+                clone_metric_spec(metrics),
+                clone_metric_spec(weighted_metrics),
+                prefix="adv_",
+                output_names=self._compile_metrics.output_names
+                if self._compile_metrics is not None
+                else None,
+            )
+        object.__setattr__(self, "_adv_compile_metrics", adv_metrics)
+        self._warn_on_logits_mismatch(loss)
+
+    def get_compile_config(self):
+        return super().get_compile_config()
+
+    def compile_from_config(self, config):
+        config = keras.saving.deserialize_keras_object(config)
+        self.compile(**config)
+        if self.built and self.optimizer is not None:
+            self.optimizer.build(self.trainable_variables)
+
+    def _warn_on_logits_mismatch(self, loss):
+        from_logits = getattr(loss, "from_logits", None)
+        if from_logits is None and isinstance(loss, keras.losses.Loss):
+            from_logits = loss.get_config().get("from_logits")
+        if from_logits and losses_lib.output_activation_is_softmax(self.base_model):
+            warnings.warn(
+                "The loss expects logits (from_logits=True) but the base model "
+                "ends in a softmax. The loss is then computed on probabilities "
+                "and its input gradient is weak, which makes the perturbations "
+                "(and robustness figures) unreliable. Remove the final softmax "
+                "(keep logits), or use from_logits=False.",
+                stacklevel=3,
+            )
+
+    @property
+    def metrics(self):
+        metrics = super().metrics
+        if self._adv_compile_metrics is not None:
+            metrics = metrics + [self._adv_compile_metrics]
+        return metrics
+
+    def _training_only_metric_names(self):
+        names = {self.adv_loss_tracker.name, self.perturbation_norm_tracker.name}
+        if self.clean_loss_tracker is not None:
+            names.add(self.clean_loss_tracker.name)
+        return names
+
+    # -- building --------------------------------------------------------------
+    def _perturb_indices(self, x):
+        return inputs_lib.perturbable_indices(x, self.perturb, self.base_model)
+
+    def _create_policy_state(self, shapes, dtypes):
+        for position, (shape, dtype) in enumerate(zip(shapes, dtypes)):
+            self._policy_state.append(
+                self.add_weight(
+                    shape=tuple(shape),
+                    initializer="zeros",
+                    dtype=dtype,
+                    trainable=False,
+                    name=f"policy_state_{position}",
+                )
+            )
+        self._policy_state_dtypes = list(dtypes)
+
+    def _needs_policy_state(self):
+        return bool(self.policy.state_shapes([()])) and not self._policy_state
+
+    def build_policy_state(self, x):
+        """Creates the policy's persistent state for batches like `x`.
+
+        `fit` and `train_on_batch` call this; call it yourself only when you
+        drive `train_step` directly.
+
+        Args:
+            x: one batch of inputs (batch axis first).
+        """
+        if not self._needs_policy_state():
+            return
+        indices = self._perturb_indices(x)
+        clean = [
+            ops.convert_to_tensor(t) for t in inputs_lib.select_inputs(x, indices)
+        ]
+        shapes = self.policy.state_shapes([tuple(t.shape) for t in clean])
+        dtypes = [keras.backend.standardize_dtype(t.dtype) for t in clean]
+        self._create_policy_state(shapes, dtypes)
+
+    def fit(self, x=None, y=None, batch_size=None, *args, **kwargs):
+        if self._needs_policy_state():
+            x_batch, x = data_utils.peek_inputs(x, batch_size)
+            self.build_policy_state(x_batch)
+        return super().fit(x, y, batch_size, *args, **kwargs)
+
+    def train_on_batch(self, x, y=None, *args, **kwargs):
+        self.build_policy_state(x)
+        return super().train_on_batch(x, y, *args, **kwargs)
+
+    def get_build_config(self):
+        config = super().get_build_config() or {}
+        if self._policy_state:
+            config["policy_state_shapes"] = [list(v.shape) for v in self._policy_state]
+            config["policy_state_dtypes"] = list(self._policy_state_dtypes)
+        return config
+
+    def build_from_config(self, config):
+        config = dict(config)
+        shapes = config.pop("policy_state_shapes", None)
+        dtypes = config.pop("policy_state_dtypes", None)
+        if config:
+            super().build_from_config(config)
+        if shapes and not self._policy_state:
+            self._create_policy_state(shapes, dtypes)
+
+    # -- the bidirectional step ----------------------------------------------------
+    def _context(self, x, y, indices):
+        objective = make_objective(
+            self,
+            x,
+            y,
+            indices,
+            self._bidir_attack_loss,
+            training=self.attack_mode == "training",
+        )
+        return PerturbationContext(
+            objective, self._seed_generator, ops.convert_to_tensor(self.perturbation_scale)
+        )
+
+    def _unscale(self, gradients):
+        """Input gradients of the unscaled loss (mixed-precision loss scaling)."""
+        if isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer):
+            scale = self.optimizer.dynamic_scale
+            return [g / ops.cast(scale, g.dtype) for g in gradients]
+        return gradients
+
+    def _perturbation_norm(self, clean, adversarial):
+        norms = [
+            constraints.per_example_norm(
+                ops.cast(a, "float32") - ops.cast(x, "float32"), self.policy.norm
+            )
+            for x, a in zip(clean, adversarial)
+        ]
+        return ops.mean(ops.stack([ops.mean(n) for n in norms]))
+
+    def train_step(self, data):
+        x, y, sample_weight = _unpack(data)
+        if y is None and self.policy.requires_labels:
+            raise ValueError(
+                f"{type(self.policy).__name__} follows the loss gradient and needs "
+                "labels: pass (x, y) or (x, y, sample_weight) batches to fit()."
+            )
+        indices = self._perturb_indices(x)
+        clean = inputs_lib.select_inputs(x, indices)
+        context = self._context(x, y, indices)
+        if self._needs_policy_state():
+            raise RuntimeError(
+                f"{type(self.policy).__name__} keeps a perturbation between batches, "
+                "but its state was not created. Train through fit() or "
+                "train_on_batch(), or call model.build_policy_state(x_batch) first."
+            )
+        state = [ops.convert_to_tensor(v) for v in self._policy_state]
+        adversarial, state = self.policy.generate(context, clean, state)
+        adversarial = [ops.stop_gradient(a) for a in adversarial]
+        batch_size = ops.shape(clean[0])[0]
+        weights = self.trainable_weights
+        clean_outputs = None
+
+        for _ in range(self.policy.replays):
+
+            def objective(tensors):
+                adv_outputs = self(inputs_lib.replace_inputs(x, indices, tensors), training=True)
+                adv_loss = self._compile_loss(y, adv_outputs, sample_weight)
+                total = adv_loss * self.adversarial_weight
+                clean_loss, outputs = None, None
+                if self.clean_weight > 0:
+                    outputs = self(x, training=True)
+                    clean_loss = self._compile_loss(y, outputs, sample_weight)
+                    total = total + clean_loss * self.clean_weight
+                for extra in self.losses:
+                    total = total + self._aggregate_additional_loss(extra)
+                scaled = total if self.optimizer is None else self.optimizer.scale_loss(total)
+                return scaled, (total, adv_loss, clean_loss, adv_outputs, outputs)
+
+            _, aux, weight_grads, input_grads = backend.value_and_gradients(
+                objective, weights, adversarial
+            )
+            total, adv_loss, clean_loss, adv_outputs, outputs = aux
+            if weights:
+                self.optimizer.apply(weight_grads, weights)
+            self._loss_tracker.update_state(
+                keras.src.losses.loss.unscale_loss_for_distribution(total),
+                sample_weight=batch_size,
+            )
+            self.adv_loss_tracker.update_state(adv_loss, sample_weight=batch_size)
+            if clean_loss is not None:
+                self.clean_loss_tracker.update_state(clean_loss, sample_weight=batch_size)
+            if clean_outputs is None and outputs is not None:
+                clean_outputs = outputs
+            self.perturbation_norm_tracker.update_state(
+                self._perturbation_norm(clean, adversarial)
+            )
+            if self._adv_compile_metrics is not None:
+                self._adv_compile_metrics.update_state(y, adv_outputs, sample_weight)
+            adversarial, state = self.policy.update(
+                context, clean, adversarial, self._unscale(input_grads), state
+            )
+            adversarial = [ops.stop_gradient(a) for a in adversarial]
+
+        for variable, value in zip(self._policy_state, state):
+            variable.assign(value)
+        if self._compile_metrics is not None and self.clean_metrics:
+            if clean_outputs is None:
+                clean_outputs = self(x, training=self.attack_mode == "training")
+            self._compile_metrics.update_state(y, clean_outputs, sample_weight)
+        return self.get_metrics_result()
+
+    def test_step(self, data):
+        logs = super().test_step(data)
+        hidden = self._training_only_metric_names()
+        return {
+            k: v for k, v in logs.items() if k not in hidden and not k.startswith("adv_")
+        }
+
+    # -- serialization ---------------------------------------------------------------
+    def get_config(self):
+        return {
+            "name": self.name,
+            "trainable": self.trainable,
+            "base_model": keras.saving.serialize_keras_object(self.base_model),
+            "policy": keras.saving.serialize_keras_object(self.policy),
+            "adversarial_weight": self.adversarial_weight,
+            "clean_weight": self.clean_weight,
+            "perturb": self.perturb,
+            "attack_mode": self.attack_mode,
+            "clean_metrics": self.clean_metrics,
+            "seed": self.seed,
+        }
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        config = dict(config)
+        base_model = keras.saving.deserialize_keras_object(
+            config.pop("base_model"), custom_objects=custom_objects
+        )
+        policy = keras.saving.deserialize_keras_object(
+            config.pop("policy"), custom_objects=custom_objects
+        )
+        return cls(base_model, policy, **config)

@@ -1,0 +1,66 @@
+"""Input policies: how the inputs move along (or regardless of) their gradient."""
+
+import keras
+
+from keras_bidir.policies.base import InputPolicy
+from keras_bidir.policies.base import PerturbationContext
+from keras_bidir.policies.free import FreeAdversarial
+from keras_bidir.policies.gradient import FGSM
+from keras_bidir.policies.gradient import PGD
+from keras_bidir.policies.gradient import RandomFGSM
+from keras_bidir.policies.noise import GaussianNoise
+
+_BY_NAME = {
+    "fgsm": FGSM,
+    "random_fgsm": RandomFGSM,
+    "pgd": PGD,
+    "free": FreeAdversarial,
+    "free_adversarial": FreeAdversarial,
+    "gaussian_noise": GaussianNoise,
+}
+
+
+def names():
+    """The policy names accepted by `get` and the CLI."""
+    return sorted(_BY_NAME)
+
+
+def get(identifier, **kwargs):
+    """Returns a policy from a policy, a config dict, or a name plus arguments.
+
+    Args:
+        identifier: an `InputPolicy`, a serialized config dict, or a name
+            from `names()` (e.g. `"pgd"`).
+        **kwargs: constructor arguments when `identifier` is a name.
+
+    Example:
+
+    >>> keras_bidir.policies.get("pgd", epsilon=0.2, steps=7)
+    """
+    if isinstance(identifier, InputPolicy):
+        return identifier
+    if isinstance(identifier, dict):
+        return keras.saving.deserialize_keras_object(identifier)
+    if isinstance(identifier, str):
+        key = identifier.lower().replace("-", "_")
+        if key not in _BY_NAME:
+            raise ValueError(
+                f"Unknown policy {identifier!r}. Known policies: {', '.join(names())}."
+            )
+        return _BY_NAME[key](**kwargs)
+    raise TypeError(
+        f"Expected an InputPolicy, a config dict or a policy name, got {identifier!r}."
+    )
+
+
+__all__ = [
+    "InputPolicy",
+    "PerturbationContext",
+    "FGSM",
+    "RandomFGSM",
+    "PGD",
+    "FreeAdversarial",
+    "GaussianNoise",
+    "get",
+    "names",
+]

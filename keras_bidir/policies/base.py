@@ -1,0 +1,251 @@
+"""The input-policy protocol shared by every policy family."""
+
+import math
+
+import keras
+from keras import ops
+
+from keras_bidir import backend
+from keras_bidir import constraints
+from keras_bidir import inputs as inputs_lib
+from keras_bidir import losses as losses_lib
+
+
+def check_positive(name, value, allow_none=False):
+    """Raises a clear ValueError unless `value` is a finite number > 0."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{name} must be a positive number, got {value!r}.")
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(
+            f"{name} must be finite and > 0, got {value!r}. "
+            f"Pick a {name} on the scale of your inputs (e.g. 0.1 for data in [0, 1])."
+        )
+    return float(value)
+
+
+def check_count(name, value, minimum=1):
+    """Raises unless `value` is an integer >= `minimum`."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}.")
+    return value
+
+
+class PerturbationContext:
+    """What a policy may use inside a step: the objective, randomness, ε-scale.
+
+    Args:
+        objective: callable taking the list of perturbed inputs and returning
+            `(per_example_loss, outputs)`.
+        seed: a `keras.random.SeedGenerator` for random starts and noise.
+        scale: scalar multiplying every policy's ε and step size (driven by
+            `keras_bidir.callbacks.EpsilonSchedule`).
+    """
+
+    def __init__(self, objective, seed, scale=1.0):
+        self._objective = objective
+        self.seed = seed
+        self.scale = scale
+
+    def loss_and_gradients(self, adversarial):
+        """Per-example loss, gradients w.r.t. `adversarial`, and model outputs."""
+
+        def total(tensors):
+            per_example, outputs = self._objective(tensors)
+            return ops.sum(per_example), (per_example, outputs)
+
+        _, (per_example, outputs), grads = backend.input_gradients(total, adversarial)
+        return per_example, grads, outputs
+
+    def loss(self, adversarial):
+        """Per-example loss at `adversarial`, without gradients."""
+        per_example, _ = self._objective(adversarial)
+        return per_example
+
+
+class InputPolicy:
+    """Base class of input policies: how inputs move along their gradient.
+
+    A policy is configuration plus pure functions. State (such as the
+    persistent perturbation of free adversarial training) is created and held
+    by `BidirectionalModel`, passed in, and returned updated.
+
+    Subclasses implement `generate` and, when they use the input gradient of
+    the weight step itself, `update`.
+
+    Args:
+        clip_min: lower bound of the valid data range, or None.
+        clip_max: upper bound of the valid data range, or None.
+        direction: +1 ascends the loss (adversarial), -1 descends it
+            (input refinement).
+        seed: integer seed for standalone use through `perturb`.
+    """
+
+    #: Weight updates per batch inside one training step.
+    replays = 1
+    #: Whether the policy needs the labels.
+    requires_labels = True
+    #: The norm used to report `perturbation_norm`.
+    norm = "linf"
+
+    def __init__(self, clip_min=None, clip_max=None, direction=1, seed=None):
+        for name, value in (("clip_min", clip_min), ("clip_max", clip_max)):
+            if value is not None and (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or not math.isfinite(value)
+            ):
+                raise ValueError(f"{name} must be a finite number or None, got {value!r}.")
+        if clip_min is not None and clip_max is not None and clip_min >= clip_max:
+            raise ValueError(
+                f"clip_min ({clip_min}) must be smaller than clip_max ({clip_max}). "
+                "They give the valid data range, e.g. clip_min=0.0, clip_max=1.0 "
+                "for images scaled to [0, 1]."
+            )
+        if direction not in (1, -1):
+            raise ValueError(
+                f"direction must be +1 (ascend the loss: adversarial) or -1 "
+                f"(descend it: input refinement), got {direction!r}."
+            )
+        self.clip_min = None if clip_min is None else float(clip_min)
+        self.clip_max = None if clip_max is None else float(clip_max)
+        self.direction = int(direction)
+        self.seed = seed
+
+    # -- protocol -----------------------------------------------------------
+    def state_shapes(self, input_shapes):
+        """Shapes of the persistent state tensors, one list entry per tensor."""
+        return []
+
+    def generate(self, context, inputs, state):
+        """Perturbed inputs before the weight step.
+
+        Args:
+            context: a `PerturbationContext`.
+            inputs: list of clean float tensors.
+            state: list of state tensors (see `state_shapes`).
+
+        Returns:
+            `(adversarial_inputs, state)`.
+        """
+        raise NotImplementedError
+
+    def update(self, context, inputs, adversarial, gradients, state):
+        """Uses the input gradient of the weight step (one per replay).
+
+        Returns:
+            `(adversarial_inputs, state)` for the next replay / batch.
+        """
+        return adversarial, state
+
+    def attack(self, context, inputs):
+        """Perturbed inputs for evaluation: the policy used as an attack."""
+        shapes = self.state_shapes([ops.shape(t) for t in inputs])
+        state = [ops.zeros(s, dtype=t.dtype) for s, t in zip(shapes, inputs)]
+        adversarial, _ = self.generate(context, inputs, state)
+        return adversarial
+
+    # -- helpers for subclasses ---------------------------------------------
+    def _clip(self, x):
+        return constraints.clip_to_range(x, self.clip_min, self.clip_max)
+
+    def _step(self, x, adversarial, gradient, step_size, epsilon):
+        """One projected ascent step from `adversarial`, kept in ball and range."""
+        step = ops.cast(step_size * self.direction, x.dtype)
+        moved = adversarial + step * constraints.ascent_direction(gradient, self.norm)
+        return constraints.perturbed(
+            x, moved - x, epsilon, self.norm, self.clip_min, self.clip_max
+        )
+
+    # -- standalone use -------------------------------------------------------
+    def perturb(self, model, x, y=None, loss=None, training=False, perturb=None, seed=None):
+        """Perturbs a batch against `model`: the policy used as an attack.
+
+        Args:
+            model: any Keras model (a `BidirectionalModel` or a plain one).
+            x: a batch of inputs (array, tensor, list or dict).
+            y: labels; required by gradient-based policies.
+            loss: loss to ascend; defaults to the model's compiled loss, else
+                cross-entropy matched to the labels and the output activation.
+            training: run the model in training mode during the attack.
+            perturb: optional input names to restrict perturbation to.
+            seed: a `keras.random.SeedGenerator` or integer for random starts;
+                defaults to the policy's `seed`. Pass a generator when calling
+                `perturb` inside a compiled function.
+
+        Returns:
+            `x` with its floating-point inputs perturbed.
+
+        Example:
+
+        >>> x_adv = keras_bidir.policies.PGD(0.1, steps=10).perturb(model, x, y)
+        """
+        x = keras.tree.map_structure(ops.convert_to_tensor, x)
+        if y is None and self.requires_labels:
+            raise ValueError(
+                f"{type(self).__name__} follows the loss gradient and needs the "
+                "labels: call perturb(model, x, y)."
+            )
+        if y is not None:
+            y = keras.tree.map_structure(ops.convert_to_tensor, y)
+        indices = inputs_lib.perturbable_indices(x, perturb, model)
+        per_example = resolve_attack_loss(model, y, loss)
+        context = PerturbationContext(
+            make_objective(model, x, y, indices, per_example, training),
+            seed
+            if isinstance(seed, keras.random.SeedGenerator)
+            else keras.random.SeedGenerator(self.seed if seed is None else seed),
+        )
+        clean = inputs_lib.select_inputs(x, indices)
+        adversarial = self.attack(context, clean)
+        return inputs_lib.replace_inputs(x, indices, adversarial)
+
+    # -- serialization --------------------------------------------------------
+    def get_config(self):
+        return {
+            "clip_min": self.clip_min,
+            "clip_max": self.clip_max,
+            "direction": self.direction,
+            "seed": self.seed,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+    def __repr__(self):
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
+        return f"{type(self).__name__}({args})"
+
+    def __eq__(self, other):
+        return type(self) is type(other) and self.get_config() == other.get_config()
+
+    __hash__ = object.__hash__
+
+
+def resolve_attack_loss(model, y, loss=None):
+    """A per-example loss function for attacking `model`."""
+    if loss is not None:
+        return losses_lib.per_example_loss_fn(loss)
+    compiled = getattr(model, "_bidir_attack_loss", None)
+    if compiled is not None:
+        return compiled
+    compiled_loss = getattr(model, "loss", None)
+    if compiled_loss is not None:
+        return losses_lib.per_example_loss_fn(compiled_loss)
+    if y is None:
+        return None
+    return losses_lib.per_example_loss_fn(losses_lib.default_classification_loss(model, y))
+
+
+def make_objective(model, x, y, indices, per_example_loss, training=False):
+    """`objective(perturbed_inputs) -> (per_example_loss, outputs)` for a batch."""
+
+    def objective(tensors):
+        outputs = model(inputs_lib.replace_inputs(x, indices, tensors), training=training)
+        if per_example_loss is None:
+            return ops.zeros((ops.shape(tensors[0])[0],)), outputs
+        return per_example_loss(y, outputs), outputs
+
+    return objective

@@ -1,0 +1,198 @@
+"""Gradient-sign family: FGSM, RandomFGSM (fast AT) and PGD (Madry et al.)."""
+
+import keras
+from keras import ops
+
+from keras_bidir import constraints
+from keras_bidir.policies.base import InputPolicy
+from keras_bidir.policies.base import check_count
+from keras_bidir.policies.base import check_positive
+
+
+class _BallPolicy(InputPolicy):
+    """A policy bounded by an ε-ball of a norm."""
+
+    def __init__(self, epsilon, norm="linf", **kwargs):
+        super().__init__(**kwargs)
+        self.epsilon = check_positive("epsilon", epsilon)
+        self.norm = constraints.standardize_norm(norm)
+
+    def get_config(self):
+        return {"epsilon": self.epsilon, "norm": self.norm, **super().get_config()}
+
+
+@keras.saving.register_keras_serializable(package="keras_bidir")
+class FGSM(_BallPolicy):
+    """Fast gradient sign method: one step of size ε along the input gradient.
+
+    x̃ = clip(x + ε·sign(∇ₓL)) for L∞; x + ε·∇ₓL/‖∇ₓL‖₂ for L2.
+
+    Reference: Goodfellow, Shlens and Szegedy, "Explaining and Harnessing
+    Adversarial Examples", ICLR 2015.
+
+    Args:
+        epsilon: radius of the perturbation ball.
+        norm: `"linf"` or `"l2"`.
+        clip_min, clip_max: the valid data range, or None.
+        direction: +1 ascend the loss, -1 descend it.
+
+    Example:
+
+    >>> policy = keras_bidir.policies.FGSM(epsilon=0.1, clip_min=0.0, clip_max=1.0)
+    """
+
+    def generate(self, context, inputs, state):
+        epsilon = self.epsilon * context.scale
+        _, grads, _ = context.loss_and_gradients(inputs)
+        adversarial = [
+            self._step(x, x, g, epsilon, epsilon) for x, g in zip(inputs, grads)
+        ]
+        return adversarial, state
+
+
+@keras.saving.register_keras_serializable(package="keras_bidir")
+class RandomFGSM(_BallPolicy):
+    """FGSM from a uniform random start in the ε-ball ("fast adversarial training").
+
+    δ₀ ~ U(ball); δ = Π_ε(δ₀ + α·sign(∇ₓL(x + δ₀))), with α = 1.25·ε by default.
+
+    Reference: Wong, Rice and Kolter, "Fast is better than free: Revisiting
+    adversarial training", ICLR 2020.
+
+    Args:
+        epsilon: radius of the perturbation ball.
+        step_size: α; defaults to 1.25·ε.
+        norm: `"linf"` or `"l2"`.
+        clip_min, clip_max: the valid data range, or None.
+        direction: +1 ascend the loss, -1 descend it.
+    """
+
+    def __init__(self, epsilon, step_size=None, norm="linf", **kwargs):
+        super().__init__(epsilon, norm=norm, **kwargs)
+        step_size = check_positive("step_size", step_size, allow_none=True)
+        self.step_size = 1.25 * self.epsilon if step_size is None else step_size
+
+    def generate(self, context, inputs, state):
+        epsilon = self.epsilon * context.scale
+        starts = [
+            constraints.perturbed(
+                x,
+                constraints.random_in_ball(
+                    ops.shape(x), epsilon, self.norm, x.dtype, context.seed
+                ),
+                epsilon,
+                self.norm,
+                self.clip_min,
+                self.clip_max,
+            )
+            for x in inputs
+        ]
+        _, grads, _ = context.loss_and_gradients(starts)
+        step = self.step_size * context.scale
+        adversarial = [
+            self._step(x, s, g, step, epsilon) for x, s, g in zip(inputs, starts, grads)
+        ]
+        return adversarial, state
+
+    def get_config(self):
+        return {"step_size": self.step_size, **super().get_config()}
+
+
+@keras.saving.register_keras_serializable(package="keras_bidir")
+class PGD(_BallPolicy):
+    """Projected gradient descent on the loss (Madry et al.).
+
+    `steps` projected ascent steps of size `step_size` from a random start
+    in the ε-ball; with `restarts > 1` each example keeps the restart with
+    the highest loss.
+
+    Reference: Madry, Makelov, Schmidt, Tsipras and Vladu, "Towards Deep
+    Learning Models Resistant to Adversarial Attacks", ICLR 2018.
+
+    Args:
+        epsilon: radius of the perturbation ball.
+        steps: number of ascent steps (>= 1).
+        step_size: step length; defaults to 2.5·ε/steps.
+        random_start: start from a uniform point of the ball instead of x.
+        restarts: independent random restarts (>= 1).
+        norm: `"linf"` or `"l2"`.
+        clip_min, clip_max: the valid data range, or None.
+        direction: +1 ascend the loss, -1 descend it.
+
+    Example:
+
+    >>> attack = keras_bidir.policies.PGD(0.2, steps=20, restarts=2,
+    ...                                   clip_min=0.0, clip_max=1.0)
+    >>> x_adv = attack.perturb(model, x, y)
+    """
+
+    def __init__(
+        self,
+        epsilon,
+        steps=10,
+        step_size=None,
+        random_start=True,
+        restarts=1,
+        norm="linf",
+        **kwargs,
+    ):
+        super().__init__(epsilon, norm=norm, **kwargs)
+        self.steps = check_count("steps", steps)
+        self.restarts = check_count("restarts", restarts)
+        step_size = check_positive("step_size", step_size, allow_none=True)
+        self.step_size = 2.5 * self.epsilon / self.steps if step_size is None else step_size
+        self.random_start = bool(random_start)
+
+    def _one_run(self, context, inputs, epsilon, step):
+        if self.random_start:
+            adversarial = [
+                constraints.perturbed(
+                    x,
+                    constraints.random_in_ball(
+                        ops.shape(x), epsilon, self.norm, x.dtype, context.seed
+                    ),
+                    epsilon,
+                    self.norm,
+                    self.clip_min,
+                    self.clip_max,
+                )
+                for x in inputs
+            ]
+        else:
+            adversarial = list(inputs)
+
+        def body(_, current):
+            _, grads, _ = context.loss_and_gradients(list(current))
+            return [
+                self._step(x, a, g, step, epsilon)
+                for x, a, g in zip(inputs, current, grads)
+            ]
+
+        return list(ops.fori_loop(0, self.steps, body, adversarial))
+
+    def generate(self, context, inputs, state):
+        epsilon = self.epsilon * context.scale
+        step = self.step_size * context.scale
+        best = self._one_run(context, inputs, epsilon, step)
+        if self.restarts == 1:
+            return best, state
+        best_loss = context.loss(best) * self.direction
+        for _ in range(self.restarts - 1):
+            candidate = self._one_run(context, inputs, epsilon, step)
+            candidate_loss = context.loss(candidate) * self.direction
+            better = candidate_loss > best_loss
+            best = [
+                ops.where(ops.reshape(better, (-1,) + (1,) * (len(b.shape) - 1)), c, b)
+                for b, c in zip(best, candidate)
+            ]
+            best_loss = ops.maximum(best_loss, candidate_loss)
+        return best, state
+
+    def get_config(self):
+        return {
+            "steps": self.steps,
+            "step_size": self.step_size,
+            "random_start": self.random_start,
+            "restarts": self.restarts,
+            **super().get_config(),
+        }
