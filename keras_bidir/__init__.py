@@ -5,8 +5,18 @@ weights (for the optimizer) and to the inputs (for an input policy such as
 FGSM, PGD or free adversarial training).
 """
 
+from keras_bidir import datasets
+from keras_bidir import evaluation
 from keras_bidir import policies
+from keras_bidir.evaluation import evaluate_robustness
 from keras_bidir.model import BidirectionalModel
 from keras_bidir.version import __version__
 
-__all__ = ["BidirectionalModel", "policies", "__version__"]
+__all__ = [
+    "BidirectionalModel",
+    "datasets",
+    "evaluate_robustness",
+    "evaluation",
+    "policies",
+    "__version__",
+]

@@ -88,3 +88,44 @@ def default_classification_loss(model, y):
     if "int" in str(y.dtype) or len(y.shape) == 1:
         return keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits)
     return keras.losses.CategoricalCrossentropy(from_logits=from_logits)
+
+
+def _one_hot_like(y_true, logits):
+    num_classes = logits.shape[-1]
+    y_true = ops.convert_to_tensor(y_true)
+    if len(y_true.shape) == len(logits.shape) and y_true.shape[-1] == num_classes:
+        return ops.cast(y_true, logits.dtype)
+    labels = ops.cast(ops.reshape(y_true, (-1,)), "int32")
+    return ops.one_hot(labels, num_classes, dtype=logits.dtype)
+
+
+def margin_loss(y_true, logits):
+    """Per-example margin max_{i≠y} z_i − z_y (positive once misclassified)."""
+    logits = ops.cast(logits, "float32")
+    one_hot = _one_hot_like(y_true, logits)
+    true_logit = ops.sum(logits * one_hot, axis=-1)
+    other = ops.max(ops.where(one_hot > 0, -1e30, logits), axis=-1)
+    return other - true_logit
+
+
+def dlr_loss(y_true, logits):
+    """Difference-of-logits-ratio loss (Croce and Hein, 2020), per example.
+
+    −(z_y − max_{i≠y} z_i) / (z_π1 − z_π3): invariant to shifting and scaling
+    the logits, so it cannot be defeated by saturating the softmax. With fewer
+    than three classes it falls back to the plain margin.
+
+    Args:
+        y_true: integer labels `(batch,)` or one-hot `(batch, classes)`.
+        logits: model outputs `(batch, classes)`.
+
+    Returns:
+        A `(batch,)` tensor to ascend.
+    """
+    logits = ops.cast(logits, "float32")
+    margin = margin_loss(y_true, logits)
+    if logits.shape[-1] < 3:
+        return margin
+    ordered = ops.sort(logits, axis=-1)
+    scale = ordered[:, -1] - ordered[:, -3] + 1e-12
+    return margin / scale

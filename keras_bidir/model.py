@@ -312,7 +312,7 @@ class BidirectionalModel(keras.Model):
             x,
             y,
             indices,
-            self._bidir_attack_loss,
+            self.policy.attack_loss() or self._bidir_attack_loss,
             training=self.attack_mode == "training",
         )
         return PerturbationContext(

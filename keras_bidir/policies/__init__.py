@@ -2,6 +2,7 @@
 
 import keras
 
+from keras_bidir.policies.apgd import APGD
 from keras_bidir.policies.base import InputPolicy
 from keras_bidir.policies.base import PerturbationContext
 from keras_bidir.policies.free import FreeAdversarial
@@ -14,6 +15,7 @@ _BY_NAME = {
     "fgsm": FGSM,
     "random_fgsm": RandomFGSM,
     "pgd": PGD,
+    "apgd": APGD,
     "free": FreeAdversarial,
     "free_adversarial": FreeAdversarial,
     "gaussian_noise": GaussianNoise,
@@ -59,6 +61,7 @@ __all__ = [
     "FGSM",
     "RandomFGSM",
     "PGD",
+    "APGD",
     "FreeAdversarial",
     "GaussianNoise",
     "get",

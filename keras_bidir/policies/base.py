@@ -139,6 +139,10 @@ class InputPolicy:
         """
         return adversarial, state
 
+    def attack_loss(self):
+        """A per-example loss this policy ascends instead of the compiled one, or None."""
+        return None
+
     def attack(self, context, inputs):
         """Perturbed inputs for evaluation: the policy used as an attack."""
         shapes = self.state_shapes([ops.shape(t) for t in inputs])
@@ -190,7 +194,7 @@ class InputPolicy:
         if y is not None:
             y = keras.tree.map_structure(ops.convert_to_tensor, y)
         indices = inputs_lib.perturbable_indices(x, perturb, model)
-        per_example = resolve_attack_loss(model, y, loss)
+        per_example = resolve_attack_loss(model, y, loss if loss is not None else self.attack_loss())
         context = PerturbationContext(
             make_objective(model, x, y, indices, per_example, training),
             seed

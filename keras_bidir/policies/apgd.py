@@ -1,0 +1,166 @@
+"""Auto-PGD: PGD with an automatic step-size schedule and momentum."""
+
+import math
+
+import keras
+from keras import ops
+
+from keras_bidir import constraints
+from keras_bidir import losses as losses_lib
+from keras_bidir.policies.base import check_count
+from keras_bidir.policies.base import check_positive
+from keras_bidir.policies.gradient import _BallPolicy
+
+LOSSES = ("ce", "dlr")
+
+
+def checkpoints(steps):
+    """The iterations where APGD may halve its step size (Croce and Hein, 2020)."""
+    fractions = [0.0, 0.22]
+    while fractions[-1] < 1.0:
+        fractions.append(fractions[-1] + max(fractions[-1] - fractions[-2] - 0.03, 0.06))
+    return sorted({math.ceil(p * steps) for p in fractions if 0 < p <= 1.0 and math.ceil(p * steps) < steps})
+
+
+def _expand(values, like):
+    return ops.reshape(values, (-1,) + (1,) * (len(like.shape) - 1))
+
+
+@keras.saving.register_keras_serializable(package="keras_bidir")
+class APGD(_BallPolicy):
+    """Auto-PGD: an attack that needs no step-size tuning (Croce and Hein, 2020).
+
+    Starts with step 2ε, adds momentum (α = 0.75), and halves the step size
+    at fixed checkpoints whenever fewer than ρ of the steps since the last
+    checkpoint increased the loss (or nothing improved), restarting from the
+    best point found. With `loss="dlr"` it ascends the difference-of-logits
+    ratio, which is invariant to the scale of the logits and so breaks
+    defences that only flatten the cross-entropy (gradient masking).
+
+    Reference: Croce and Hein, "Reliable evaluation of adversarial robustness
+    with an ensemble of diverse parameter-free attacks", ICML 2020.
+
+    Args:
+        epsilon: radius of the perturbation ball.
+        steps: iterations per restart (AutoAttack uses 100).
+        loss: `"ce"` (the model's compiled loss / cross-entropy) or `"dlr"`.
+        restarts: random restarts; each example keeps its best.
+        rho: the success fraction below which the step size is halved.
+        momentum: α of the momentum update.
+        norm: `"linf"` or `"l2"`.
+        clip_min, clip_max: the valid data range, or None.
+
+    Example:
+
+    >>> attack = keras_bidir.policies.APGD(0.2, steps=100, loss="dlr",
+    ...                                    clip_min=0.0, clip_max=1.0)
+    """
+
+    def __init__(self, epsilon, steps=100, loss="ce", restarts=1, rho=0.75, momentum=0.75,
+                 norm="linf", **kwargs):
+        super().__init__(epsilon, norm=norm, **kwargs)
+        self.steps = check_count("steps", steps, minimum=2)
+        self.restarts = check_count("restarts", restarts)
+        if loss not in LOSSES:
+            raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}.")
+        self.loss = loss
+        self.rho = check_positive("rho", rho)
+        self.momentum = check_positive("momentum", momentum)
+        if self.rho > 1 or self.momentum > 1:
+            raise ValueError("rho and momentum must lie in (0, 1].")
+
+    def attack_loss(self):
+        return losses_lib.dlr_loss if self.loss == "dlr" else None
+
+    def _run(self, context, inputs, epsilon):
+        steps = self.steps
+        marks = checkpoints(steps)
+        is_mark = ops.convert_to_tensor([k in marks for k in range(steps + 1)])
+        previous = [0] + marks
+        since = [0] * (steps + 1)
+        for before, mark in zip(previous, marks):
+            since[mark] = mark - before
+        interval = ops.convert_to_tensor(since, dtype="float32")
+        batch = ops.shape(inputs[0])[0]
+        start = [
+            constraints.perturbed(
+                x,
+                constraints.random_in_ball(ops.shape(x), epsilon, self.norm, x.dtype, context.seed),
+                epsilon, self.norm, self.clip_min, self.clip_max,
+            )
+            for x in inputs
+        ]
+        eta = ops.ones((batch,), "float32") * 2.0 * ops.cast(epsilon, "float32")
+        loss0, grads0, _ = context.loss_and_gradients(start)
+        loss0 = ops.cast(loss0, "float32") * self.direction
+        first = [self._move(x, a, g, eta, epsilon) for x, a, g in zip(inputs, start, grads0)]
+        state = (
+            first,            # x_k
+            start,            # x_{k-1}
+            start,            # best point
+            loss0,            # best loss
+            loss0,            # loss at x_{k-1}
+            eta,              # step size per example
+            ops.zeros((batch,), "float32"),  # successes since the last checkpoint
+            loss0,            # best loss at the last checkpoint
+            ops.zeros((batch,), "bool"),  # step size was halved at the last checkpoint
+        )
+
+        def body(k, carry):
+            current, prior, best, best_loss, last_loss, eta, wins, mark_loss, halved_last = carry
+            loss, grads, _ = context.loss_and_gradients(list(current))
+            loss = ops.cast(loss, "float32") * self.direction
+            wins = wins + ops.cast(loss > last_loss, "float32")
+            improved = loss > best_loss
+            best = [ops.where(_expand(improved, b), c, b) for b, c in zip(best, current)]
+            best_loss = ops.where(improved, loss, best_loss)
+            at_mark = ops.take(is_mark, k)
+            length = ops.take(interval, k)
+            # Halve where too few steps since the last checkpoint raised the loss,
+            # or where nothing improved and the step was not just halved.
+            halve = at_mark & (
+                (wins <= self.rho * length)
+                | (ops.logical_not(halved_last) & (mark_loss >= best_loss))
+            )
+            eta = ops.where(halve, eta / 2.0, eta)
+            # After halving, continue from the best point (no momentum).
+            restart = [ops.where(_expand(halve, c), b, c) for b, c in zip(best, current)]
+            prior_used = [ops.where(_expand(halve, p), b, p) for b, p in zip(best, prior)]
+            grads = [ops.where(_expand(halve, g), ops.zeros_like(g), g) for g in grads]
+            nxt = []
+            for x, c, p, g in zip(inputs, restart, prior_used, grads):
+                z = self._move(x, c, g, eta, epsilon)
+                a = ops.cast(self.momentum, x.dtype)
+                mixed = c + a * (z - c) + (1 - a) * (c - p)
+                nxt.append(constraints.perturbed(x, mixed - x, epsilon, self.norm,
+                                                 self.clip_min, self.clip_max))
+            wins = ops.where(at_mark, ops.zeros_like(wins), wins)
+            mark_loss = ops.where(at_mark, best_loss, mark_loss)
+            halved_last = ops.where(at_mark, halve, halved_last)
+            return (nxt, restart, best, best_loss, loss, eta, wins, mark_loss, halved_last)
+
+        state = ops.fori_loop(1, steps, body, state)
+        final, _, best, best_loss = state[0], state[1], state[2], state[3]
+        final_loss = ops.cast(context.loss(list(final)), "float32") * self.direction
+        improved = final_loss > best_loss
+        best = [ops.where(_expand(improved, b), f, b) for b, f in zip(best, final)]
+        return list(best), ops.maximum(best_loss, final_loss)
+
+    def _move(self, x, current, gradient, eta, epsilon):
+        step = _expand(ops.cast(eta, x.dtype), x) * self.direction
+        moved = current + step * constraints.ascent_direction(gradient, self.norm)
+        return constraints.perturbed(x, moved - x, epsilon, self.norm, self.clip_min, self.clip_max)
+
+    def generate(self, context, inputs, state):
+        epsilon = self.epsilon * context.scale
+        best, best_loss = self._run(context, inputs, epsilon)
+        for _ in range(self.restarts - 1):
+            candidate, loss = self._run(context, inputs, epsilon)
+            better = loss > best_loss
+            best = [ops.where(_expand(better, b), c, b) for b, c in zip(best, candidate)]
+            best_loss = ops.maximum(best_loss, loss)
+        return best, state
+
+    def get_config(self):
+        return {"steps": self.steps, "loss": self.loss, "restarts": self.restarts,
+                "rho": self.rho, "momentum": self.momentum, **super().get_config()}
