@@ -5,6 +5,7 @@ weights (for the optimizer) and to the inputs (for an input policy such as
 FGSM, PGD or free adversarial training).
 """
 
+from keras_bidir import callbacks
 from keras_bidir import datasets
 from keras_bidir import evaluation
 from keras_bidir import policies
@@ -14,6 +15,7 @@ from keras_bidir.version import __version__
 
 __all__ = [
     "BidirectionalModel",
+    "callbacks",
     "datasets",
     "evaluate_robustness",
     "evaluation",

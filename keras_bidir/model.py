@@ -131,7 +131,7 @@ class BidirectionalModel(keras.Model):
         self.clean_weight = _check_weight("clean_weight", clean_weight)
         if perturb is not None:
             perturb = [perturb] if isinstance(perturb, str) else list(perturb)
-        self.perturb = perturb
+        self.perturb_names = perturb
         if attack_mode not in ATTACK_MODES:
             raise ValueError(
                 f"attack_mode must be one of {ATTACK_MODES}, got {attack_mode!r}."
@@ -242,7 +242,7 @@ class BidirectionalModel(keras.Model):
 
     # -- building --------------------------------------------------------------
     def _perturb_indices(self, x):
-        return inputs_lib.perturbable_indices(x, self.perturb, self.base_model)
+        return inputs_lib.perturbable_indices(x, self.perturb_names, self.base_model)
 
     def _create_policy_state(self, shapes, dtypes):
         for position, (shape, dtype) in enumerate(zip(shapes, dtypes)):
@@ -318,6 +318,31 @@ class BidirectionalModel(keras.Model):
         return PerturbationContext(
             objective, self._seed_generator, ops.convert_to_tensor(self.perturbation_scale)
         )
+
+    def perturb(self, x, y=None):
+        """Perturbs a batch with this model's policy, loss and current ε-scale.
+
+        The attack passes run in `attack_mode`; no weight changes and no
+        policy state is touched (a stateful policy acts as its `attack`).
+
+        Args:
+            x: a batch of inputs.
+            y: its labels (needed by gradient-based policies).
+
+        Returns:
+            `x` with its perturbable inputs perturbed.
+        """
+        if self._bidir_attack_loss is None:
+            raise RuntimeError("Compile the model before calling perturb().")
+        x = tree.map_structure(ops.convert_to_tensor, x)
+        if y is None and self.policy.requires_labels:
+            raise ValueError(f"{type(self.policy).__name__} needs labels: call perturb(x, y).")
+        y = None if y is None else tree.map_structure(ops.convert_to_tensor, y)
+        indices = self._perturb_indices(x)
+        adversarial = self.policy.attack(
+            self._context(x, y, indices), inputs_lib.select_inputs(x, indices)
+        )
+        return inputs_lib.replace_inputs(x, indices, adversarial)
 
     def _unscale(self, gradients):
         """Input gradients of the unscaled loss (mixed-precision loss scaling)."""
@@ -423,7 +448,7 @@ class BidirectionalModel(keras.Model):
             "policy": keras.saving.serialize_keras_object(self.policy),
             "adversarial_weight": self.adversarial_weight,
             "clean_weight": self.clean_weight,
-            "perturb": self.perturb,
+            "perturb": self.perturb_names,
             "attack_mode": self.attack_mode,
             "clean_metrics": self.clean_metrics,
             "seed": self.seed,

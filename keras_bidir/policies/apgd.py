@@ -19,7 +19,8 @@ def checkpoints(steps):
     fractions = [0.0, 0.22]
     while fractions[-1] < 1.0:
         fractions.append(fractions[-1] + max(fractions[-1] - fractions[-2] - 0.03, 0.06))
-    return sorted({math.ceil(p * steps) for p in fractions if 0 < p <= 1.0 and math.ceil(p * steps) < steps})
+    marks = {math.ceil(round(p * steps, 6)) for p in fractions if 0 < p <= 1.0}
+    return sorted(m for m in marks if m < steps)
 
 
 def _expand(values, like):

@@ -1,0 +1,107 @@
+import json
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras_bidir as kb
+from keras_bidir import evaluation, losses, policies
+from conftest import compile_classifier, tiny_cnn
+
+CLIP = {"clip_min": 0.0, "clip_max": 1.0}
+
+
+class Quantize(keras.layers.Layer):
+    """Rounds inputs to 4 levels: the gradient through it is zero (masked)."""
+
+    def call(self, x):
+        return keras.ops.round(x * 4.0) / 4.0
+
+
+def masked_copy(model):
+    quantized = keras.Sequential([keras.Input((8, 8, 1)), Quantize(), *model.layers])
+    return quantized
+
+
+def test_dlr_loss_matches_numpy():
+    logits = np.array([[3.0, 1.0, 0.5, -1.0], [0.0, 2.0, 1.0, 0.5]], dtype="float32")
+    y = np.array([0, 2])
+    got = keras.ops.convert_to_numpy(losses.dlr_loss(y, logits))
+    s0, s1 = np.sort(logits[0]), np.sort(logits[1])
+    expected = [-(3.0 - 1.0) / (s0[-1] - s0[-3]), -(1.0 - 2.0) / (s1[-1] - s1[-3])]
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+    # Invariant to shifting and scaling the logits.
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(losses.dlr_loss(y, logits * 7 + 3)), expected, rtol=1e-4)
+
+
+def test_apgd_checkpoints_follow_the_paper():
+    assert policies.apgd.checkpoints(100) == [22, 41, 57, 70, 80, 87, 93, 99]  # as AutoAttack's n_iter=100
+
+
+@pytest.mark.parametrize("loss", ["ce", "dlr"])
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_apgd_stays_in_ball_and_is_at_least_as_strong_as_fgsm(trained_plain, digits, loss, norm):
+    _, (x, y) = digits
+    x, y = x[:128], y[:128]
+    apgd = policies.APGD(0.15, steps=20, loss=loss, norm=norm, **CLIP)
+    x_adv = keras.ops.convert_to_numpy(apgd.perturb(trained_plain, x, y))
+    delta = (x_adv - x).reshape(len(x), -1)
+    bound = np.abs(delta).max(1) if norm == "linf" else np.sqrt((delta ** 2).sum(1))
+    assert (bound <= 0.15 + 1e-5).all() and x_adv.min() >= 0 and x_adv.max() <= 1
+    fgsm = evaluation.robust_accuracy(trained_plain, x, y, policies.FGSM(0.15, norm=norm, **CLIP))
+    assert evaluation.robust_accuracy(trained_plain, x, y, apgd) <= fgsm
+
+
+def test_report_worst_case_is_per_example_and_checks_pass_for_a_normal_model(trained_plain, digits, tmp_path):
+    _, (x, y) = digits
+    report = kb.evaluate_robustness(trained_plain, (x, y), [0.05, 0.1], clip_min=0.0, clip_max=1.0, verbose=0)
+    assert set(report.accuracy) == {"FGSM", "PGD-20x2", "APGD-CE", "APGD-DLR"}
+    for eps in report.epsilons:
+        assert report.robust_accuracy[eps] <= min(r[eps] for r in report.accuracy.values())
+    assert report.robust_accuracy[0.1] <= report.robust_accuracy[0.05] <= report.clean_accuracy
+    assert report.passed_checks, report.to_markdown()
+    text = report.to_markdown()
+    assert "**worst case**" in text and "[pass] large_epsilon" in text
+    assert json.loads(json.dumps(report.to_dict()))["robust_accuracy"]["0.1"] == report.robust_accuracy[0.1]
+    report.plot(tmp_path / "curve.png")
+    assert (tmp_path / "curve.png").stat().st_size > 1000
+
+
+def test_masked_gradients_are_flagged(trained_plain, digits):
+    _, (x, y) = digits
+    masked = masked_copy(trained_plain)
+    with pytest.warns(UserWarning, match="Gradient-masking check 'input_gradients' failed"):
+        report = kb.evaluate_robustness(masked, (x[:200], y[:200]), [0.1], clip_min=0.0,
+                                        clip_max=1.0, verbose=0)
+    failed = {c.name for c in report.checks if not c.passed}
+    assert "input_gradients" in failed
+    assert not report.passed_checks
+    gradient_check = next(c for c in report.checks if c.name == "input_gradients")
+    assert gradient_check.details["zero_fraction"] == 1.0
+    assert "rounding" in gradient_check.message
+
+
+def test_evaluate_robustness_accepts_datasets_and_custom_attacks(trained_plain, digits):
+    _, (x, y) = digits
+    ds = tf.data.Dataset.from_tensor_slices((x[:100], y[:100])).batch(32)
+    report = kb.evaluate_robustness(trained_plain, ds, [0.1, 0.2],
+                                    attacks={"PGD-5": policies.PGD(0.5, steps=5, **CLIP)},
+                                    checks=False, verbose=0)
+    assert list(report.accuracy) == ["PGD-5"] and report.num_examples == 100
+    with pytest.raises(ValueError, match="epsilons must be a non-empty list"):
+        kb.evaluate_robustness(trained_plain, (x, y), [0.0])
+
+
+def test_strongest_attack_beats_or_ties_pgd20_on_adversarially_trained_model(digits):
+    (x_train, y_train), (x_test, y_test) = digits
+    from keras_bidir.demo import digits_cnn
+
+    model = kb.BidirectionalModel(digits_cnn(0), policies.PGD(0.2, steps=3, **CLIP), seed=0)
+    compile_classifier(model)
+    model.fit(x_train, y_train, batch_size=64, epochs=6, verbose=0)
+    report = kb.evaluate_robustness(model, (x_test, y_test), [0.2], verbose=0)
+    pgd20 = evaluation.robust_accuracy(model, x_test, y_test, policies.PGD(0.2, steps=20, **CLIP))
+    assert report.robust_accuracy[0.2] <= pgd20
+    assert min(report.accuracy["APGD-CE"][0.2], report.accuracy["APGD-DLR"][0.2]) <= pgd20 + 0.01
+    assert report.passed_checks, report.to_markdown()
