@@ -20,15 +20,38 @@ def test_bad_numbers_are_rejected(args, capsys):
     assert "must be" in capsys.readouterr().err
 
 
-def test_demo_smoke(tmp_path, capsys):
-    out = tmp_path / "demo"
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
     cli.main(["demo", "--epochs", "2", "--steps", "2", "--eval-epsilons", "0.2",
-              "--output-dir", str(out), "--quiet"])
-    printed = capsys.readouterr().out
-    assert "| plain |" in printed and "| bidirectional (PGD) |" in printed
+              "--output-dir", str(out), "--quiet", "--no-checks"])
+    return out
+
+
+def test_demo_smoke(demo_run, capsys):
+    out = demo_run
     for name in ("plain.keras", "bidirectional.keras", "accuracy_vs_epsilon.png", "results.json"):
         assert os.path.getsize(out / name) > 0
     results = json.loads((out / "results.json").read_text())
     assert set(results["rows"]) == {"plain", "bidirectional"}
     for row in results["rows"].values():
-        assert 0.0 <= row["robust_accuracy"]["0.2"] <= row["clean_accuracy"] <= 1.0
+        worst, pgd = row["robust_accuracy"]["0.2"], row["pgd20x2_accuracy"]["0.2"]
+        assert 0.0 <= worst <= pgd <= row["clean_accuracy"] <= 1.0
+        assert set(row["attacks"]) == {"FGSM", "PGD-20x2", "APGD-CE", "APGD-DLR"}
+
+
+def test_evaluate_command(demo_run, tmp_path, capsys):
+    out = tmp_path / "eval"
+    code = cli.main(["evaluate", str(demo_run / "bidirectional.keras"), "--epsilons", "0.1", "0.2",
+                     "--limit", "100", "--output-dir", str(out), "--no-checks"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "**worst case**" in printed and "| APGD-DLR |" in printed
+    report = json.loads((out / "report.json").read_text())
+    assert report["num_examples"] == 100 and set(report["robust_accuracy"]) == {"0.1", "0.2"}
+    assert (out / "robustness.png").stat().st_size > 1000
+
+
+def test_evaluate_missing_file_is_a_clear_error(tmp_path):
+    with pytest.raises(SystemExit, match="no such model file"):
+        cli.main(["evaluate", str(tmp_path / "missing.keras")])
