@@ -180,7 +180,8 @@ class CatastrophicOverfittingGuard(keras.callbacks.Callback):
     robustness to multi-step attacks while their own adversarial accuracy
     soars (Wong, Rice and Kolter 2020 saw PGD accuracy fall to 0% within an
     epoch). The guard measures PGD accuracy on a held training batch every
-    `check_every` steps and at each epoch end; when it falls by at least
+    `check_every` steps and at each epoch end (at the policy's full ε, whatever
+    an `EpsilonSchedule` does); when it falls by at least
     `min_drop` below the best seen and below `ratio` × best, it restores the
     weights and optimizer state of the last good check and applies `remedy`:
 
@@ -242,9 +243,9 @@ class CatastrophicOverfittingGuard(keras.callbacks.Callback):
                                            clip_min=policy.clip_min, clip_max=policy.clip_max)
 
     def _accuracy(self):
-        scale = float(ops.convert_to_numpy(self.model.perturbation_scale))
-        attack = evaluation.with_epsilon(self.attack, max(self.attack.epsilon * scale, 1e-12))
-        return evaluation.robust_accuracy(self.model, self.x, self.y, attack)
+        # At the full ε, not the scheduled one: a ramping ε would otherwise
+        # look like a collapse (accuracy falls as ε grows).
+        return evaluation.robust_accuracy(self.model, self.x, self.y, self.attack)
 
     def _take_snapshot(self):
         self._snapshot = (
