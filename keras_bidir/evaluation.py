@@ -74,18 +74,22 @@ class AttackRunner:
         loss = self.loss if self.loss is not None else self.attack.attack_loss()
         per_example = resolve_attack_loss(self.model, y_example, loss)
 
-        def run(x, y):
+        def run(x, y, scale):
             return self.attack.perturb(
-                self.model, x, y, loss=per_example, seed=self._seed
+                self.model, x, y, loss=per_example, seed=self._seed, scale=scale
             )
 
         self._function = backend.function(run)
 
-    def __call__(self, x, y):
-        """Adversarial version of the batch `(x, y)`."""
+    def __call__(self, x, y, epsilon=None):
+        """Adversarial version of the batch `(x, y)`, at `epsilon` if given.
+
+        The radius is a runtime argument: one compiled function serves all.
+        """
         if self._function is None:
             self._build(y)
-        return self._function(x, y)
+        scale = 1.0 if epsilon is None else float(epsilon) / self.attack.epsilon
+        return self._function(x, y, ops.convert_to_tensor(scale, "float32"))
 
 
 def _batches(x, y, batch_size):
@@ -95,7 +99,8 @@ def _batches(x, y, batch_size):
         yield keras.tree.map_structure(lambda a: a[start:stop], x), y[start:stop]
 
 
-def correct_under_attack(model, x, y, attack, batch_size=256, loss=None, seed=0, verbose=0):
+def correct_under_attack(model, x, y, attack, batch_size=512, loss=None, seed=0, verbose=0,
+                         epsilon=None, runners=None):
     """Per-example correctness under `attack`, worst case over its restarts.
 
     A PGD with `restarts=r` is run as r independent single-restart attacks and
@@ -110,6 +115,9 @@ def correct_under_attack(model, x, y, attack, batch_size=256, loss=None, seed=0,
         loss: optional loss to ascend instead of the model's.
         seed: seed of the random starts.
         verbose: 1 shows a progress bar.
+        epsilon: run the attack at this radius instead of its own (its step
+            size scales along).
+        runners: optional dict caching compiled attacks between calls.
 
     Returns:
         A boolean NumPy array, one entry per example.
@@ -120,7 +128,13 @@ def correct_under_attack(model, x, y, attack, batch_size=256, loss=None, seed=0,
         runs, runner = 1, None
     else:
         single, runs = _single_restart(attack)
-        runner = AttackRunner(model, single, loss=loss, seed=seed)
+        key = (id(model), repr(single), seed, repr(loss))
+        if runners is not None and key in runners:
+            runner = runners[key]
+        else:
+            runner = AttackRunner(model, single, loss=loss, seed=seed)
+            if runners is not None:
+                runners[key] = runner
     steps = runs * int(np.ceil(len(labels) / batch_size))
     progress = keras.utils.Progbar(steps, verbose=verbose) if verbose else None
     for _ in range(runs):
@@ -130,6 +144,7 @@ def correct_under_attack(model, x, y, attack, batch_size=256, loss=None, seed=0,
                 xb = runner(
                     keras.tree.map_structure(ops.convert_to_tensor, xb),
                     ops.convert_to_tensor(yb),
+                    epsilon,
                 )
             outputs = model.predict_on_batch(xb)
             stop = offset + len(yb)
@@ -321,7 +336,7 @@ def evaluate_robustness(
     norm="linf",
     clip_min=None,
     clip_max=None,
-    batch_size=256,
+    batch_size=512,
     checks=True,
     seed=0,
     verbose=1,
@@ -375,10 +390,9 @@ def evaluate_robustness(
     if clip_min is None and clip_max is None and policy is not None:
         clip_min, clip_max = policy.clip_min, policy.clip_max
     if attacks is None:
-        attack_sets = {e: default_attacks(e, clip_min, clip_max, norm) for e in epsilons}
-    else:
-        attack_sets = {e: {n: with_epsilon(a, e) for n, a in attacks.items()} for e in epsilons}
-    names = list(next(iter(attack_sets.values())))
+        attacks = default_attacks(max(epsilons), clip_min, clip_max, norm)
+    names = list(attacks)
+    runners = {}
     total = len(epsilons) * len(names) + (3 if checks else 0) + 1
     progress = keras.utils.Progbar(total, verbose=verbose, unit_name="attack") if verbose else None
 
@@ -393,8 +407,9 @@ def evaluate_robustness(
     robust = {}
     for eps in epsilons:
         worst = labels_correct.copy()
-        for name, attack in attack_sets[eps].items():
-            correct = correct_under_attack(model, x, y, attack, batch_size=batch_size, seed=seed)
+        for name, attack in attacks.items():
+            correct = correct_under_attack(model, x, y, attack, batch_size=batch_size, seed=seed,
+                                           epsilon=eps, runners=runners)
             accuracy[name][eps] = float(correct.mean())
             worst &= correct
             tick(name)

@@ -163,7 +163,8 @@ class InputPolicy:
         )
 
     # -- standalone use -------------------------------------------------------
-    def perturb(self, model, x, y=None, loss=None, training=False, perturb=None, seed=None):
+    def perturb(self, model, x, y=None, loss=None, training=False, perturb=None, seed=None,
+                scale=1.0):
         """Perturbs a batch against `model`: the policy used as an attack.
 
         Args:
@@ -177,6 +178,8 @@ class InputPolicy:
             seed: a `keras.random.SeedGenerator` or integer for random starts;
                 defaults to the policy's `seed`. Pass a generator when calling
                 `perturb` inside a compiled function.
+            scale: multiplies ε and the step size (a tensor lets one compiled
+                function serve every radius).
 
         Returns:
             `x` with its floating-point inputs perturbed.
@@ -200,6 +203,7 @@ class InputPolicy:
             seed
             if isinstance(seed, keras.random.SeedGenerator)
             else keras.random.SeedGenerator(self.seed if seed is None else seed),
+            scale,
         )
         clean = inputs_lib.select_inputs(x, indices)
         adversarial = self.attack(context, clean)
