@@ -1,12 +1,9 @@
 """Keras callbacks that measure and steer robustness during `fit()`."""
 
-import math
-
 import keras
 import numpy as np
 from keras import ops
 
-from keras_bidir import backend
 from keras_bidir import evaluation
 from keras_bidir import policies as policies_lib
 from keras_bidir.policies.base import check_count
@@ -354,22 +351,26 @@ class PerturbationStats(keras.callbacks.Callback):
         if self.x is None:
             raise ValueError("PerturbationStats needs a held batch: x=..., y=....")
         from keras_bidir import constraints
-        from keras_bidir import inputs as inputs_lib
+        from keras_bidir.sites import apply_masks
 
         x = keras.tree.map_structure(ops.convert_to_tensor, self.x)
         y = None if self.y is None else ops.convert_to_tensor(self.y)
-        indices = model._perturb_indices(x)
-        clean = inputs_lib.select_inputs(x, indices)
+        sites = model._sites(x)
+        clean, masks, outputs = sites.record(model, x, training=False)
+        context = model._context(x, y, sites, clean, masks)
         if y is not None:
-            context = model._context(x, y, indices)
             _, grads, _ = context.loss_and_gradients(clean)
             norms = [constraints.per_example_norm(ops.cast(g, "float32"), "l2") for g in grads]
             logs["input_gradient_norm"] = float(np.mean([ops.convert_to_numpy(n).mean() for n in norms]))
-        adversarial = inputs_lib.select_inputs(model.perturb(x, y), indices)
-        logs["held_perturbation_norm"] = float(ops.convert_to_numpy(model._perturbation_norm(clean, adversarial)))
-        before = evaluation.predicted_labels(ops.convert_to_numpy(model.predict_on_batch(x)), model)
-        after = evaluation.predicted_labels(
-            ops.convert_to_numpy(model.predict_on_batch(inputs_lib.replace_inputs(x, indices, adversarial))), model)
+        adversarial = apply_masks(clean, model.policy.attack(context, clean), masks)
+        logs["held_perturbation_norm"] = float(
+            ops.convert_to_numpy(model._perturbation_norm(clean, adversarial))
+        )
+        if outputs is None:
+            outputs = model(x, training=False)
+        attacked = sites.forward(model, x, adversarial, clean, masks, training=False)
+        before = evaluation.predicted_labels(ops.convert_to_numpy(outputs), model)
+        after = evaluation.predicted_labels(ops.convert_to_numpy(attacked), model)
         logs["flip_rate"] = float(np.mean(before != after))
 
     def get_config(self):

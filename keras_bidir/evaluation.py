@@ -6,6 +6,7 @@ from keras import ops
 
 from keras_bidir import backend
 from keras_bidir.policies.base import resolve_attack_loss
+from keras_bidir.sites import Sites
 
 
 def with_epsilon(policy, epsilon):
@@ -75,14 +76,14 @@ class AttackRunner:
         per_example = resolve_attack_loss(self.model, y_example, loss)
 
         def run(x, y, scale):
-            return self.attack.perturb(
+            return self.attack.attack_outputs(
                 self.model, x, y, loss=per_example, seed=self._seed, scale=scale
             )
 
         self._function = backend.function(run)
 
     def __call__(self, x, y, epsilon=None):
-        """Adversarial version of the batch `(x, y)`, at `epsilon` if given.
+        """Model outputs under attack for the batch `(x, y)`, at `epsilon` if given.
 
         The radius is a runtime argument: one compiled function serves all.
         """
@@ -141,12 +142,13 @@ def correct_under_attack(model, x, y, attack, batch_size=512, loss=None, seed=0,
         offset = 0
         for xb, yb in _batches(x, y, batch_size):
             if runner is not None:
-                xb = runner(
+                outputs = runner(
                     keras.tree.map_structure(ops.convert_to_tensor, xb),
                     ops.convert_to_tensor(yb),
                     epsilon,
                 )
-            outputs = model.predict_on_batch(xb)
+            else:
+                outputs = model.predict_on_batch(xb)
             stop = offset + len(yb)
             correct[offset:stop] &= predicted_labels(
                 keras.ops.convert_to_numpy(outputs), model
@@ -308,13 +310,11 @@ def _input_gradient_health(model, x, y, batch_size, loss=None):
         xb_t = keras.tree.map_structure(ops.convert_to_tensor, xb)
         yb_t = ops.convert_to_tensor(yb)
         per_example = resolve_attack_loss(model, yb_t, loss)
-        from keras_bidir import inputs as inputs_lib
-
-        indices = inputs_lib.perturbable_indices(xb_t, None, model)
-        clean = inputs_lib.select_inputs(xb_t, indices)
+        sites = Sites(model, xb_t, getattr(model, "perturb_names", None))
+        clean, masks, _ = sites.record(model, xb_t, training=False)
 
         def value(tensors):
-            outputs = model(inputs_lib.replace_inputs(xb_t, indices, tensors), training=False)
+            outputs = sites.forward(model, xb_t, tensors, clean, masks, training=False)
             return ops.sum(per_example(yb_t, outputs)), None
 
         _, _, grads = backend.input_gradients(value, clean)

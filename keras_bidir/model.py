@@ -16,7 +16,9 @@ from keras_bidir import policies as policies_lib
 from keras_bidir.metrics import PrefixedCompileMetrics
 from keras_bidir.metrics import clone_metric_spec
 from keras_bidir.policies.base import PerturbationContext
-from keras_bidir.policies.base import make_objective
+from keras_bidir.policies.base import site_objective
+from keras_bidir.sites import Sites
+from keras_bidir.sites import apply_masks
 
 ATTACK_MODES = ("inference", "training")
 
@@ -241,8 +243,8 @@ class BidirectionalModel(keras.Model):
         return names
 
     # -- building --------------------------------------------------------------
-    def _perturb_indices(self, x):
-        return inputs_lib.perturbable_indices(x, self.perturb_names, self.base_model)
+    def _sites(self, x):
+        return Sites(self, x, self.perturb_names)
 
     def _create_policy_state(self, shapes, dtypes):
         for position, (shape, dtype) in enumerate(zip(shapes, dtypes)):
@@ -271,10 +273,8 @@ class BidirectionalModel(keras.Model):
         """
         if not self._needs_policy_state():
             return
-        indices = self._perturb_indices(x)
-        clean = [
-            ops.convert_to_tensor(t) for t in inputs_lib.select_inputs(x, indices)
-        ]
+        x = tree.map_structure(ops.convert_to_tensor, x)
+        clean, _, _ = self._sites(x).record(self, x, training=False)
         shapes = self.policy.state_shapes([tuple(t.shape) for t in clean])
         dtypes = [keras.backend.standardize_dtype(t.dtype) for t in clean]
         self._create_policy_state(shapes, dtypes)
@@ -306,17 +306,23 @@ class BidirectionalModel(keras.Model):
             self._create_policy_state(shapes, dtypes)
 
     # -- the bidirectional step ----------------------------------------------------
-    def _context(self, x, y, indices):
-        objective = make_objective(
+    def _context(self, x, y, sites, clean, masks):
+        objective = site_objective(
             self,
             x,
             y,
-            indices,
+            sites,
+            clean,
+            masks,
             self.policy.attack_loss() or self._bidir_attack_loss,
             training=self.attack_mode == "training",
         )
         return PerturbationContext(
-            objective, self._seed_generator, ops.convert_to_tensor(self.perturbation_scale)
+            objective,
+            self._seed_generator,
+            ops.convert_to_tensor(self.perturbation_scale),
+            clip=sites.clip_flags(),
+            masks=masks,
         )
 
     def perturb(self, x, y=None):
@@ -338,11 +344,16 @@ class BidirectionalModel(keras.Model):
         if y is None and self.policy.requires_labels:
             raise ValueError(f"{type(self.policy).__name__} needs labels: call perturb(x, y).")
         y = None if y is None else tree.map_structure(ops.convert_to_tensor, y)
-        indices = self._perturb_indices(x)
-        adversarial = self.policy.attack(
-            self._context(x, y, indices), inputs_lib.select_inputs(x, indices)
-        )
-        return inputs_lib.replace_inputs(x, indices, adversarial)
+        sites = self._sites(x)
+        if sites.point_names:
+            raise ValueError(
+                f"This model is perturbed at PerturbationPoints {sites.point_names}; "
+                "perturb() returns perturbed inputs only. Use "
+                "model.policy.attack_outputs(model, x, y) for outputs under attack."
+            )
+        clean, masks, _ = sites.record(self, x, training=self.attack_mode == "training")
+        adversarial = self.policy.attack(self._context(x, y, sites, clean, masks), clean)
+        return inputs_lib.replace_inputs(x, sites.input_indices, adversarial)
 
     def _unscale(self, gradients):
         """Input gradients of the unscaled loss (mixed-precision loss scaling)."""
@@ -367,26 +378,24 @@ class BidirectionalModel(keras.Model):
                 f"{type(self.policy).__name__} follows the loss gradient and needs "
                 "labels: pass (x, y) or (x, y, sample_weight) batches to fit()."
             )
-        indices = self._perturb_indices(x)
-        clean = inputs_lib.select_inputs(x, indices)
-        context = self._context(x, y, indices)
-        if self._needs_policy_state():
-            raise RuntimeError(
-                f"{type(self.policy).__name__} keeps a perturbation between batches, "
-                "but its state was not created. Train through fit() or "
-                "train_on_batch(), or call model.build_policy_state(x_batch) first."
-            )
+        sites = self._sites(x)
+        attack_training = self.attack_mode == "training"
+        clean, masks, record_outputs = sites.record(self, x, training=attack_training)
+        context = self._context(x, y, sites, clean, masks)
         state = [ops.convert_to_tensor(v) for v in self._policy_state]
         adversarial, state = self.policy.generate(context, clean, state)
-        adversarial = [ops.stop_gradient(a) for a in adversarial]
+        adversarial = [ops.stop_gradient(a) for a in apply_masks(clean, adversarial, masks)]
         batch_size = ops.shape(clean[0])[0]
         weights = self.trainable_weights
+        replays = self.policy.replays
+        accumulate = getattr(self.policy, "accumulate_gradients", False)
+        accumulated = None
         clean_outputs = None
 
-        for _ in range(self.policy.replays):
+        for _ in range(replays):
 
             def objective(tensors):
-                adv_outputs = self(inputs_lib.replace_inputs(x, indices, tensors), training=True)
+                adv_outputs = sites.forward(self, x, tensors, clean, masks, training=True)
                 adv_loss = self._compile_loss(y, adv_outputs, sample_weight)
                 total = adv_loss * self.adversarial_weight
                 clean_loss, outputs = None, None
@@ -403,7 +412,13 @@ class BidirectionalModel(keras.Model):
                 objective, weights, adversarial
             )
             total, adv_loss, clean_loss, adv_outputs, outputs = aux
-            if weights:
+            if weights and accumulate:
+                # FreeLB: average the weight gradients of all ascent steps, one update.
+                scaled = [g / replays for g in weight_grads]
+                accumulated = (
+                    scaled if accumulated is None else [a + g for a, g in zip(accumulated, scaled)]
+                )
+            elif weights:
                 self.optimizer.apply(weight_grads, weights)
             self._loss_tracker.update_state(
                 keras.src.losses.loss.unscale_loss_for_distribution(total),
@@ -422,13 +437,17 @@ class BidirectionalModel(keras.Model):
             adversarial, state = self.policy.update(
                 context, clean, adversarial, self._unscale(input_grads), state
             )
-            adversarial = [ops.stop_gradient(a) for a in adversarial]
+            adversarial = [ops.stop_gradient(a) for a in apply_masks(clean, adversarial, masks)]
 
+        if accumulated is not None:
+            self.optimizer.apply(accumulated, weights)
         for variable, value in zip(self._policy_state, state):
             variable.assign(value)
         if self._compile_metrics is not None and self.clean_metrics:
             if clean_outputs is None:
-                clean_outputs = self(x, training=self.attack_mode == "training")
+                clean_outputs = record_outputs
+            if clean_outputs is None:
+                clean_outputs = self(x, training=attack_training)
             self._compile_metrics.update_state(y, clean_outputs, sample_weight)
         return self.get_metrics_result()
 

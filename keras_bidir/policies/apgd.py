@@ -83,18 +83,12 @@ class APGD(_BallPolicy):
             since[mark] = mark - before
         interval = ops.convert_to_tensor(since, dtype="float32")
         batch = ops.shape(inputs[0])[0]
-        start = [
-            constraints.perturbed(
-                x,
-                constraints.random_in_ball(ops.shape(x), epsilon, self.norm, x.dtype, context.seed),
-                epsilon, self.norm, self.clip_min, self.clip_max,
-            )
-            for x in inputs
-        ]
+        clip = context.clip(len(inputs))
+        start = [self._random_start(context, x, epsilon, c) for x, c in zip(inputs, clip)]
         eta = ops.ones((batch,), "float32") * 2.0 * ops.cast(epsilon, "float32")
         loss0, grads0, _ = context.loss_and_gradients(start)
         loss0 = ops.cast(loss0, "float32") * self.direction
-        first = [self._move(x, a, g, eta, epsilon) for x, a, g in zip(inputs, start, grads0)]
+        first = [self._move(x, a, g, eta, epsilon, c) for x, a, g, c in zip(inputs, start, grads0, clip)]
         state = (
             first,            # x_k
             start,            # x_{k-1}
@@ -129,12 +123,11 @@ class APGD(_BallPolicy):
             prior_used = [ops.where(_expand(halve, p), b, p) for b, p in zip(best, prior)]
             grads = [ops.where(_expand(halve, g), ops.zeros_like(g), g) for g in grads]
             nxt = []
-            for x, c, p, g in zip(inputs, restart, prior_used, grads):
-                z = self._move(x, c, g, eta, epsilon)
+            for x, c, p, g, site_clip in zip(inputs, restart, prior_used, grads, clip):
+                z = self._move(x, c, g, eta, epsilon, site_clip)
                 a = ops.cast(self.momentum, x.dtype)
                 mixed = c + a * (z - c) + (1 - a) * (c - p)
-                nxt.append(constraints.perturbed(x, mixed - x, epsilon, self.norm,
-                                                 self.clip_min, self.clip_max))
+                nxt.append(self._project(x, mixed, epsilon, site_clip))
             wins = ops.where(at_mark, ops.zeros_like(wins), wins)
             mark_loss = ops.where(at_mark, best_loss, mark_loss)
             halved_last = ops.where(at_mark, halve, halved_last)
@@ -147,10 +140,10 @@ class APGD(_BallPolicy):
         best = [ops.where(_expand(improved, b), f, b) for b, f in zip(best, final)]
         return list(best), ops.maximum(best_loss, final_loss)
 
-    def _move(self, x, current, gradient, eta, epsilon):
+    def _move(self, x, current, gradient, eta, epsilon, clip=True):
         step = _expand(ops.cast(eta, x.dtype), x) * self.direction
         moved = current + step * constraints.ascent_direction(gradient, self.norm)
-        return constraints.perturbed(x, moved - x, epsilon, self.norm, self.clip_min, self.clip_max)
+        return self._project(x, moved, epsilon, clip)
 
     def generate(self, context, inputs, state):
         epsilon = self.epsilon * context.scale

@@ -8,6 +8,8 @@ from keras import ops
 from keras_bidir import backend
 from keras_bidir import constraints
 from keras_bidir import inputs as inputs_lib
+from keras_bidir.sites import Sites
+from keras_bidir.sites import apply_masks
 from keras_bidir import losses as losses_lib
 
 
@@ -41,12 +43,25 @@ class PerturbationContext:
         seed: a `keras.random.SeedGenerator` for random starts and noise.
         scale: scalar multiplying every policy's ε and step size (driven by
             `keras_bidir.callbacks.EpsilonSchedule`).
+        clip: per site, whether the policy's data range applies (True for
+            model inputs, False for activations at a `PerturbationPoint`).
+        masks: per site, a padding mask `(batch, time)` or None.
     """
 
-    def __init__(self, objective, seed, scale=1.0):
+    def __init__(self, objective, seed, scale=1.0, clip=None, masks=None):
         self._objective = objective
         self.seed = seed
         self.scale = scale
+        self._clip = clip
+        self._masks = masks
+
+    def clip(self, count):
+        """Per-site clipping flags for `count` sites."""
+        return list(self._clip) if self._clip is not None else [True] * count
+
+    def masks(self, count):
+        """Per-site padding masks (None where unmasked) for `count` sites."""
+        return list(self._masks) if self._masks is not None else [None] * count
 
     def loss_and_gradients(self, adversarial):
         """Per-example loss, gradients w.r.t. `adversarial`, and model outputs."""
@@ -151,16 +166,26 @@ class InputPolicy:
         return adversarial
 
     # -- helpers for subclasses ---------------------------------------------
-    def _clip(self, x):
-        return constraints.clip_to_range(x, self.clip_min, self.clip_max)
+    def _range(self, clip=True):
+        """The data range `(clip_min, clip_max)` for a site (open for activations)."""
+        return (self.clip_min, self.clip_max) if clip else (None, None)
 
-    def _step(self, x, adversarial, gradient, step_size, epsilon):
+    def _clip(self, x, clip=True):
+        return constraints.clip_to_range(x, *self._range(clip))
+
+    def _project(self, x, candidate, epsilon, clip=True):
+        """`candidate` pulled back into the ε-ball around `x` and the data range."""
+        return constraints.perturbed(x, candidate - x, epsilon, self.norm, *self._range(clip))
+
+    def _random_start(self, context, x, epsilon, clip=True):
+        noise = constraints.random_in_ball(ops.shape(x), epsilon, self.norm, x.dtype, context.seed)
+        return self._project(x, x + noise, epsilon, clip)
+
+    def _step(self, x, adversarial, gradient, step_size, epsilon, clip=True):
         """One projected ascent step from `adversarial`, kept in ball and range."""
         step = ops.cast(step_size * self.direction, x.dtype)
         moved = adversarial + step * constraints.ascent_direction(gradient, self.norm)
-        return constraints.perturbed(
-            x, moved - x, epsilon, self.norm, self.clip_min, self.clip_max
-        )
+        return self._project(x, moved, epsilon, clip)
 
     # -- standalone use -------------------------------------------------------
     def perturb(self, model, x, y=None, loss=None, training=False, perturb=None, seed=None,
@@ -188,6 +213,32 @@ class InputPolicy:
 
         >>> x_adv = keras_bidir.policies.PGD(0.1, steps=10).perturb(model, x, y)
         """
+        x, y, sites, clean, masks, context = self._prepare(
+            model, x, y, loss, training, perturb, seed, scale
+        )
+        if sites.point_names:
+            raise ValueError(
+                "This model is perturbed at PerturbationPoints "
+                f"{sites.point_names}, which perturb() cannot return as inputs. "
+                "Use attack_outputs() to get the model outputs under attack."
+            )
+        adversarial = self.attack(context, clean)
+        return inputs_lib.replace_inputs(x, sites.input_indices, adversarial)
+
+    def attack_outputs(self, model, x, y=None, loss=None, training=False, perturb=None,
+                       seed=None, scale=1.0):
+        """The model's outputs (inference mode) under this attack.
+
+        Works for input sites and for `PerturbationPoint` activations alike;
+        the arguments are those of `perturb`.
+        """
+        x, y, sites, clean, masks, context = self._prepare(
+            model, x, y, loss, training, perturb, seed, scale
+        )
+        adversarial = apply_masks(clean, self.attack(context, clean), masks)
+        return sites.forward(model, x, adversarial, clean, masks, training=False)
+
+    def _prepare(self, model, x, y, loss, training, perturb, seed, scale):
         x = keras.tree.map_structure(ops.convert_to_tensor, x)
         if y is None and self.requires_labels:
             raise ValueError(
@@ -196,18 +247,24 @@ class InputPolicy:
             )
         if y is not None:
             y = keras.tree.map_structure(ops.convert_to_tensor, y)
-        indices = inputs_lib.perturbable_indices(x, perturb, model)
+        if perturb is None:
+            perturb = getattr(model, "perturb_names", None)
+        sites = Sites(model, x, perturb)
         per_example = resolve_attack_loss(model, y, loss if loss is not None else self.attack_loss())
-        context = PerturbationContext(
-            make_objective(model, x, y, indices, per_example, training),
+        clean, masks, _ = sites.record(model, x, training)
+        seed = (
             seed
             if isinstance(seed, keras.random.SeedGenerator)
-            else keras.random.SeedGenerator(self.seed if seed is None else seed),
-            scale,
+            else keras.random.SeedGenerator(self.seed if seed is None else seed)
         )
-        clean = inputs_lib.select_inputs(x, indices)
-        adversarial = self.attack(context, clean)
-        return inputs_lib.replace_inputs(x, indices, adversarial)
+        context = PerturbationContext(
+            site_objective(model, x, y, sites, clean, masks, per_example, training),
+            seed,
+            scale,
+            clip=sites.clip_flags(),
+            masks=masks,
+        )
+        return x, y, sites, clean, masks, context
 
     # -- serialization --------------------------------------------------------
     def get_config(self):
@@ -247,11 +304,11 @@ def resolve_attack_loss(model, y, loss=None):
     return losses_lib.per_example_loss_fn(losses_lib.default_classification_loss(model, y))
 
 
-def make_objective(model, x, y, indices, per_example_loss, training=False):
-    """`objective(perturbed_inputs) -> (per_example_loss, outputs)` for a batch."""
+def site_objective(model, x, y, sites, clean, masks, per_example_loss, training=False):
+    """`objective(site_values) -> (per_example_loss, outputs)` for one batch."""
 
     def objective(tensors):
-        outputs = model(inputs_lib.replace_inputs(x, indices, tensors), training=training)
+        outputs = sites.forward(model, x, tensors, clean, masks, training)
         if per_example_loss is None:
             return ops.zeros((ops.shape(tensors[0])[0],)), outputs
         return per_example_loss(y, outputs), outputs

@@ -64,8 +64,8 @@ class FreeAdversarial(_BallPolicy):
     def generate(self, context, inputs, state):
         epsilon = self.epsilon * context.scale
         adversarial = [
-            self._step(x, x + _rows(delta, ops.shape(x)[0]), ops.zeros_like(x), 0.0, epsilon)
-            for x, delta in zip(inputs, state)
+            self._project(x, x + _rows(delta, ops.shape(x)[0]), epsilon, c)
+            for x, delta, c in zip(inputs, state, context.clip(len(inputs)))
         ]
         return adversarial, state
 
@@ -73,8 +73,8 @@ class FreeAdversarial(_BallPolicy):
         epsilon = self.epsilon * context.scale
         step = self.step_size * context.scale
         adversarial = [
-            self._step(x, a, g, step, epsilon)
-            for x, a, g in zip(inputs, adversarial, gradients)
+            self._step(x, a, g, step, epsilon, c)
+            for x, a, g, c in zip(inputs, adversarial, gradients, context.clip(len(inputs)))
         ]
         state = [_store_rows(s, a - x) for s, a, x in zip(state, adversarial, inputs)]
         return adversarial, state
@@ -83,11 +83,12 @@ class FreeAdversarial(_BallPolicy):
         epsilon = self.epsilon * context.scale
         step = self.step_size * context.scale
         adversarial = list(inputs)
+        clip = context.clip(len(inputs))
         for _ in range(self.replays):
             _, grads, _ = context.loss_and_gradients(adversarial)
             adversarial = [
-                self._step(x, a, g, step, epsilon)
-                for x, a, g in zip(inputs, adversarial, grads)
+                self._step(x, a, g, step, epsilon, c)
+                for x, a, g, c in zip(inputs, adversarial, grads, clip)
             ]
         return adversarial
 

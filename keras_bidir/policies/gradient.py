@@ -4,6 +4,7 @@ import keras
 from keras import ops
 
 from keras_bidir import constraints
+
 from keras_bidir.policies.base import InputPolicy
 from keras_bidir.policies.base import check_count
 from keras_bidir.policies.base import check_positive
@@ -44,8 +45,9 @@ class FGSM(_BallPolicy):
     def generate(self, context, inputs, state):
         epsilon = self.epsilon * context.scale
         _, grads, _ = context.loss_and_gradients(inputs)
+        clip = context.clip(len(inputs))
         adversarial = [
-            self._step(x, x, g, epsilon, epsilon) for x, g in zip(inputs, grads)
+            self._step(x, x, g, epsilon, epsilon, c) for x, g, c in zip(inputs, grads, clip)
         ]
         return adversarial, state
 
@@ -74,23 +76,13 @@ class RandomFGSM(_BallPolicy):
 
     def generate(self, context, inputs, state):
         epsilon = self.epsilon * context.scale
-        starts = [
-            constraints.perturbed(
-                x,
-                constraints.random_in_ball(
-                    ops.shape(x), epsilon, self.norm, x.dtype, context.seed
-                ),
-                epsilon,
-                self.norm,
-                self.clip_min,
-                self.clip_max,
-            )
-            for x in inputs
-        ]
+        clip = context.clip(len(inputs))
+        starts = [self._random_start(context, x, epsilon, c) for x, c in zip(inputs, clip)]
         _, grads, _ = context.loss_and_gradients(starts)
         step = self.step_size * context.scale
         adversarial = [
-            self._step(x, s, g, step, epsilon) for x, s, g in zip(inputs, starts, grads)
+            self._step(x, s, g, step, epsilon, c)
+            for x, s, g, c in zip(inputs, starts, grads, clip)
         ]
         return adversarial, state
 
@@ -144,28 +136,17 @@ class PGD(_BallPolicy):
         self.random_start = bool(random_start)
 
     def _one_run(self, context, inputs, epsilon, step):
+        clip = context.clip(len(inputs))
         if self.random_start:
-            adversarial = [
-                constraints.perturbed(
-                    x,
-                    constraints.random_in_ball(
-                        ops.shape(x), epsilon, self.norm, x.dtype, context.seed
-                    ),
-                    epsilon,
-                    self.norm,
-                    self.clip_min,
-                    self.clip_max,
-                )
-                for x in inputs
-            ]
+            adversarial = [self._random_start(context, x, epsilon, c) for x, c in zip(inputs, clip)]
         else:
             adversarial = list(inputs)
 
         def body(_, current):
             _, grads, _ = context.loss_and_gradients(list(current))
             return [
-                self._step(x, a, g, step, epsilon)
-                for x, a, g in zip(inputs, current, grads)
+                self._step(x, a, g, step, epsilon, c)
+                for x, a, g, c in zip(inputs, current, grads, clip)
             ]
 
         return list(ops.fori_loop(0, self.steps, body, adversarial))

@@ -34,14 +34,14 @@ class GaussianNoise(InputPolicy):
 
     def generate(self, context, inputs, state):
         adversarial = []
-        for x in inputs:
+        for x, clip in zip(inputs, context.clip(len(inputs))):
             noise = keras.random.normal(
                 keras.ops.shape(x), stddev=self.stddev, dtype="float32", seed=context.seed
             )
             noise = keras.ops.cast(noise, x.dtype) * keras.ops.cast(context.scale, x.dtype)
             if self.epsilon is not None:
                 noise = constraints.project(noise, self.epsilon * context.scale, "linf")
-            adversarial.append(self._clip(x + noise))
+            adversarial.append(self._clip(x + noise, clip))
         return adversarial, state
 
     def get_config(self):
