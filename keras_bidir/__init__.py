@@ -8,7 +8,9 @@ FGSM, PGD or free adversarial training).
 from keras_bidir import callbacks
 from keras_bidir import datasets
 from keras_bidir import evaluation
+from keras_bidir import layers
 from keras_bidir import policies
+from keras_bidir import sites
 from keras_bidir.evaluation import evaluate_robustness
 from keras_bidir.model import BidirectionalModel
 from keras_bidir.version import __version__
@@ -19,6 +21,7 @@ __all__ = [
     "datasets",
     "evaluate_robustness",
     "evaluation",
+    "layers",
     "policies",
     "__version__",
 ]

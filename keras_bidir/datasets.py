@@ -120,3 +120,99 @@ def load(name, **kwargs):
     if name not in loaders:
         raise ValueError(f"Unknown dataset {name!r}. Known: {', '.join(sorted(loaders))}.")
     return loaders[name](**kwargs)
+
+
+# -- text ------------------------------------------------------------------------------
+
+_POSITIVE = ["good", "great", "excellent", "wonderful", "brilliant", "superb", "enjoyable",
+             "delightful", "charming", "moving", "clever", "beautiful"]
+_NEGATIVE = ["bad", "terrible", "awful", "boring", "dull", "weak", "poor", "tedious",
+             "clumsy", "bland", "messy", "forgettable"]
+_NOUNS = ["film", "movie", "story", "plot", "script", "cast", "ending", "soundtrack",
+          "direction", "acting", "dialogue", "pacing"]
+_OPENERS = ["the", "this", "overall the", "honestly the", "i think the", "in my view the",
+            "frankly the", "to be fair the"]
+_VERBS = ["is", "was", "felt", "seemed", "looked"]
+_INTENSIFIERS = ["", "", "very", "really", "quite", "truly", "rather", "so"]
+_NEGATIONS = ["not", "never", "hardly"]
+_TAILS = ["", "", "from start to finish", "despite the hype", "as expected", "for most of the time",
+          "in the second half", "if you ask me", "on the whole", "at least for me"]
+
+
+def _clause(rng):
+    positive = rng.random() < 0.5
+    adjective = rng.choice(_POSITIVE if positive else _NEGATIVE)
+    negated = rng.random() < 0.3
+    words = [rng.choice(_OPENERS), rng.choice(_NOUNS), rng.choice(_VERBS)]
+    if negated:
+        words.append(rng.choice(_NEGATIONS))
+    words += [rng.choice(_INTENSIFIERS), adjective]
+    return " ".join(w for w in words if w), positive != negated
+
+
+def synthetic_sentiment(num_examples=2000, seed=0):
+    """A generated sentiment corpus for tests and offline demos (not real reviews).
+
+    Sentences such as "honestly the plot was not very good" or "the cast was
+    dull but the ending felt truly moving": the label is the polarity of the
+    adjective, flipped by a negation, taken from the clause after "but" in
+    two-clause sentences. A bag of words is not enough to solve it.
+
+    Args:
+        num_examples: number of sentences.
+        seed: generator seed.
+
+    Returns:
+        `(texts, labels)`: a list of strings and an int64 array (1 = positive).
+    """
+    rng = np.random.default_rng(seed)
+    texts, labels = [], []
+    for _ in range(num_examples):
+        text, label = _clause(rng)
+        if rng.random() < 0.35:
+            second, label = _clause(rng)
+            text = f"{text} but {second}"
+        tail = rng.choice(_TAILS)
+        texts.append(f"{text} {tail}".strip())
+        labels.append(int(label))
+    return texts, np.asarray(labels, dtype="int64")
+
+
+def load_text(name, data_dir=None, download=True, limit=None):
+    """A text classification dataset from TFDS: `"imdb_reviews"` or `"glue/sst2"`.
+
+    Args:
+        name: TFDS name.
+        data_dir, download: as for `tfds.load`.
+        limit: optional number of examples per split.
+
+    Returns:
+        `(train_texts, train_labels), (test_texts, test_labels)`; for SST-2 the
+        test split is the labelled validation split.
+    """
+    try:
+        import tensorflow_datasets as tfds
+    except ImportError as error:
+        raise ImportError("Loading TFDS data needs tensorflow-datasets: pip install 'keras-bidir[tfds]'.") from error
+    splits = {"imdb_reviews": ("train", "test"), "glue/sst2": ("train", "validation")}
+    if name not in splits:
+        raise ValueError(f"Unknown text dataset {name!r}; known: {sorted(splits)}.")
+    try:
+        loaded = tfds.load(name, split=list(splits[name]), data_dir=data_dir, download=download)
+    except Exception as error:
+        raise RuntimeError(
+            f"Could not load TFDS dataset {name!r} ({type(error).__name__}: {error}). Without "
+            "network access, prepare it elsewhere and pass its folder as data_dir, or use "
+            "keras_bidir.datasets.synthetic_sentiment() for an offline run."
+        ) from error
+    text_key = "text" if name == "imdb_reviews" else "sentence"
+    result = []
+    for split in loaded:
+        if limit is not None:
+            split = split.take(limit)
+        texts, labels = [], []
+        for example in split.as_numpy_iterator():
+            texts.append(example[text_key].decode("utf-8"))
+            labels.append(int(example["label"]))
+        result.append((texts, np.asarray(labels, dtype="int64")))
+    return result[0], result[1]

@@ -34,6 +34,9 @@ class PerturbationScope:
         if name not in self.values:
             return activation
         adversarial, clean, _ = self.values[name]
+        # `clean` is a constant here: when the policy evaluates at x̃ = clean
+        # (the same tensor), the gradient must still flow through x̃.
+        clean = ops.stop_gradient(clean)
         delta = ops.cast(adversarial, activation.dtype) - ops.cast(clean, activation.dtype)
         if mask is not None:
             delta = delta * expand_mask(mask, delta)
@@ -110,9 +113,6 @@ class PerturbationPoint(keras.layers.Layer):
         if scope is None:
             return inputs
         return scope.visit(self.name, inputs, mask)
-
-    def compute_output_shape(self, input_shape):
-        return input_shape
 
     def compute_mask(self, inputs, mask=None):
         return mask

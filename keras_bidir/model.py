@@ -247,16 +247,25 @@ class BidirectionalModel(keras.Model):
         return Sites(self, x, self.perturb_names)
 
     def _create_policy_state(self, shapes, dtypes):
-        for position, (shape, dtype) in enumerate(zip(shapes, dtypes)):
-            self._policy_state.append(
-                self.add_weight(
-                    shape=tuple(shape),
-                    initializer="zeros",
-                    dtype=dtype,
-                    trainable=False,
-                    name=f"policy_state_{position}",
+        # Created once, before training; reading activation shapes at
+        # PerturbationPoints may already have built (and locked) the model,
+        # so unlock the tracker as Keras itself does in `_untrack_variable`.
+        was_locked = self._tracker.locked
+        self._tracker.unlock()
+        try:
+            for position, (shape, dtype) in enumerate(zip(shapes, dtypes)):
+                self._policy_state.append(
+                    self.add_weight(
+                        shape=tuple(shape),
+                        initializer="zeros",
+                        dtype=dtype,
+                        trainable=False,
+                        name=f"policy_state_{position}",
+                    )
                 )
-            )
+        finally:
+            if was_locked:
+                self._tracker.lock()
         self._policy_state_dtypes = list(dtypes)
 
     def _needs_policy_state(self):
@@ -414,10 +423,7 @@ class BidirectionalModel(keras.Model):
             total, adv_loss, clean_loss, adv_outputs, outputs = aux
             if weights and accumulate:
                 # FreeLB: average the weight gradients of all ascent steps, one update.
-                scaled = [g / replays for g in weight_grads]
-                accumulated = (
-                    scaled if accumulated is None else [a + g for a, g in zip(accumulated, scaled)]
-                )
+                accumulated = backend.accumulate(accumulated, weight_grads, 1.0 / replays)
             elif weights:
                 self.optimizer.apply(weight_grads, weights)
             self._loss_tracker.update_state(

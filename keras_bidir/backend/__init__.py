@@ -9,6 +9,8 @@ gets one module here exposing the same small set of functions:
 - `input_gradients(fn, tensors)`: gradients with respect to tensors only
   (used by attack steps that must not touch the weights).
 - `function(fn, jit_compile=False)`: compile a Python function into a graph.
+- `accumulate(total, gradients, weight)`: running weighted sum of gradients
+  (whatever sparse form the backend produces).
 """
 
 import keras
@@ -16,6 +18,7 @@ import keras
 _BACKEND = keras.backend.backend()
 
 if _BACKEND == "tensorflow":
+    from keras_bidir.backend.tensorflow import accumulate  # noqa: F401
     from keras_bidir.backend.tensorflow import function  # noqa: F401
     from keras_bidir.backend.tensorflow import input_gradients  # noqa: F401
     from keras_bidir.backend.tensorflow import value_and_gradients  # noqa: F401
@@ -28,4 +31,4 @@ else:  # pragma: no cover - exercised only under other backends.
             "variable KERAS_BACKEND=tensorflow before importing keras."
         )
 
-    function = input_gradients = value_and_gradients = _unsupported
+    accumulate = function = input_gradients = value_and_gradients = _unsupported

@@ -53,3 +53,15 @@ def input_gradients(fn, tensors):
 def function(fn, jit_compile=False):
     """Compiles `fn` into a TensorFlow graph function."""
     return tf.function(fn, jit_compile=jit_compile, reduce_retracing=True)
+
+
+def accumulate(total, gradients, weight):
+    """`total + weight * gradients`, elementwise; `total` None starts a sum.
+
+    Sparse embedding gradients (`tf.IndexedSlices`) are made dense so that
+    the gradients of several passes can be added.
+    """
+    scaled = [tf.convert_to_tensor(g) * weight for g in gradients]
+    if total is None:
+        return scaled
+    return [t + g for t, g in zip(total, scaled)]

@@ -5,6 +5,7 @@ import keras
 from keras_bidir.policies.apgd import APGD
 from keras_bidir.policies.base import InputPolicy
 from keras_bidir.policies.base import PerturbationContext
+from keras_bidir.policies.embedding import FreeLB
 from keras_bidir.policies.free import FreeAdversarial
 from keras_bidir.policies.gradient import FGSM
 from keras_bidir.policies.gradient import PGD
@@ -18,6 +19,7 @@ _BY_NAME = {
     "apgd": APGD,
     "free": FreeAdversarial,
     "free_adversarial": FreeAdversarial,
+    "freelb": FreeLB,
     "gaussian_noise": GaussianNoise,
 }
 
@@ -63,6 +65,7 @@ __all__ = [
     "PGD",
     "APGD",
     "FreeAdversarial",
+    "FreeLB",
     "GaussianNoise",
     "get",
     "names",

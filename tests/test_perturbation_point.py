@@ -1,0 +1,189 @@
+import importlib.util
+import os
+
+import keras
+import keras_hub
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras_bidir as kb
+from keras_bidir import policies
+from keras_bidir.layers import PerturbationPoint
+from conftest import compile_classifier
+
+SEQ, VOCAB, WIDTH = 10, 30, 8
+
+
+def token_data(n=64, seed=0):
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(3, SEQ + 1, n)
+    tokens = np.zeros((n, SEQ), "int32")
+    for i, length in enumerate(lengths):
+        tokens[i, :length] = rng.integers(1, VOCAB, length)
+    labels = (tokens[:, 0] % 2).astype("int64")
+    return tokens, labels
+
+
+def functional_text_model(points=1, seed=0):
+    keras.utils.set_random_seed(seed)
+    tokens = keras.Input((SEQ,), dtype="int32")
+    x = keras.layers.Embedding(VOCAB, WIDTH, mask_zero=True)(tokens)
+    x = PerturbationPoint(name="embeddings")(x)
+    if points == 2:
+        x = keras.layers.Dense(WIDTH, activation="relu")(x)
+        x = PerturbationPoint(name="hidden")(x)
+    x = keras.layers.GlobalAveragePooling1D()(x)
+    return keras.Model(tokens, keras.layers.Dense(2)(x))
+
+
+class Recorder(policies.InputPolicy):
+    """Keeps the sites as they are and stores each step's site gradients."""
+
+    def state_shapes(self, input_shapes):
+        return [tuple(s) for s in input_shapes]
+
+    def generate(self, context, inputs, state):
+        return list(inputs), state
+
+    def update(self, context, inputs, adversarial, gradients, state):
+        return adversarial, list(gradients)
+
+
+def test_identity_outside_bidirectional_training():
+    model = functional_text_model()
+    tokens, labels = token_data()
+    without = keras.Model(model.inputs, model.outputs)  # same layers
+    np.testing.assert_array_equal(model.predict(tokens, verbose=0), without.predict(tokens, verbose=0))
+    compile_classifier(model).fit(tokens, labels, epochs=1, verbose=0)  # plain fit works
+
+
+def test_gradient_at_the_point_matches_independent_tape():
+    model = functional_text_model(seed=2)
+    tokens, labels = token_data()
+    bidir = kb.BidirectionalModel(model, Recorder())
+    bidir.compile(optimizer=keras.optimizers.SGD(0.0),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    bidir.train_on_batch(tokens, labels)
+    recorded = bidir._policy_state[0].numpy()
+
+    embedding = model.layers[1]
+    mask = tf.cast(tokens != 0, "float32")
+    with tf.GradientTape() as tape:
+        activation = embedding(tokens)
+        tape.watch(activation)
+        pooled = tf.reduce_sum(activation * mask[..., None], 1) / tf.reduce_sum(mask, 1, keepdims=True)
+        logits = model.layers[-1](pooled)
+        loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)(labels, logits)
+    expected = tape.gradient(loss, activation).numpy()
+    np.testing.assert_allclose(recorded, expected, rtol=1e-4, atol=1e-8)
+    assert np.all(recorded[tokens == 0] == 0)
+
+
+@pytest.mark.parametrize("policy", [
+    policies.FGSM(0.1, norm="l2"),
+    policies.RandomFGSM(0.1),
+    policies.PGD(0.1, steps=3, norm="l2", restarts=2),
+    policies.FreeAdversarial(0.1, replays=2),
+    policies.GaussianNoise(0.1),
+    policies.APGD(0.1, steps=3),
+    policies.FreeLB(0.1, steps=2),
+], ids=lambda p: type(p).__name__)
+def test_every_policy_works_at_a_point_and_never_perturbs_padding(policy):
+    tokens, labels = token_data()
+    model = kb.BidirectionalModel(functional_text_model(), policy, seed=0)
+    compile_classifier(model)
+    history = model.fit(tokens, labels, batch_size=32, epochs=2, verbose=0).history
+    assert np.isfinite(history["loss"]).all()
+    assert history["perturbation_norm"][-1] > 0
+    # Attacks at the point: padding positions stay exactly as they were.
+    sites = kb.sites.Sites(model, tf.constant(tokens))
+    clean, masks, _ = sites.record(model, tf.constant(tokens), training=False)
+    context = model._context(tf.constant(tokens), tf.constant(labels), sites, clean, masks)
+    adversarial = kb.sites.apply_masks(clean, policy.attack(context, clean), masks)
+    delta = adversarial[0].numpy() - clean[0].numpy()
+    assert np.all(delta[tokens == 0] == 0)
+    assert np.abs(delta[tokens != 0]).max() > 0
+
+
+def test_several_points_sequential_and_subclassed_models():
+    tokens, labels = token_data()
+    two = kb.BidirectionalModel(functional_text_model(points=2), Recorder())
+    compile_classifier(two).fit(tokens, labels, batch_size=64, epochs=1, verbose=0)
+    assert [tuple(v.shape) for v in two._policy_state] == [(64, SEQ, WIDTH), (64, SEQ, WIDTH)]
+    only_hidden = kb.BidirectionalModel(functional_text_model(points=2), Recorder(), perturb=["hidden"])
+    compile_classifier(only_hidden).fit(tokens, labels, batch_size=64, epochs=1, verbose=0)
+    assert len(only_hidden._policy_state) == 1
+
+    sequential = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8, activation="relu"),
+                                   PerturbationPoint(name="hidden"), keras.layers.Dense(2)])
+
+    class Net(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.embed = keras.layers.Embedding(VOCAB, WIDTH)
+            self.point = PerturbationPoint(name="emb")
+            self.pool = keras.layers.GlobalAveragePooling1D()
+            self.out = keras.layers.Dense(2)
+
+        def call(self, x):
+            return self.out(self.pool(self.point(self.embed(x))))
+
+    x = np.random.default_rng(0).random((32, 4)).astype("float32")
+    for base, data in ((sequential, x), (Net(), tokens[:32])):
+        model = compile_classifier(kb.BidirectionalModel(base, policies.PGD(0.1, steps=2)))
+        logs = model.fit(data, labels[:32], epochs=2, verbose=0).history
+        assert logs["perturbation_norm"][-1] == pytest.approx(0.1, rel=1e-3)
+
+
+def test_point_works_under_jit_and_survives_save_load(tmp_path):
+    tokens, labels = token_data()
+    model = kb.BidirectionalModel(functional_text_model(), policies.FreeLB(0.1, steps=2), seed=1)
+    compile_classifier(model, jit_compile=True)
+    model.fit(tokens, labels, batch_size=32, epochs=2, verbose=0)
+    path = tmp_path / "text.keras"
+    model.save(path)
+    restored = keras.models.load_model(path)  # safe_mode defaults to True
+    assert isinstance(restored.base_model.layers[2], PerturbationPoint)
+    np.testing.assert_allclose(restored.predict(tokens, verbose=0), model.predict(tokens, verbose=0), atol=1e-6)
+    restored.fit(tokens, labels, batch_size=32, epochs=1, verbose=0)
+
+
+def test_freelb_takes_one_optimizer_step_per_batch():
+    tokens, labels = token_data()
+    model = compile_classifier(kb.BidirectionalModel(functional_text_model(), policies.FreeLB(0.1, steps=3)))
+    model.fit(tokens, labels, batch_size=32, epochs=1, verbose=0)
+    assert model.optimizer.iterations.numpy() == 2
+
+
+def test_point_errors():
+    tokens = keras.Input((SEQ,), dtype="int32")
+    with pytest.raises(ValueError, match="PerturbationPoint 'ids'.*int32.*after the embedding"):
+        PerturbationPoint(name="ids")(tokens)
+    with pytest.raises(ValueError, match="unique"):
+        x = keras.layers.Embedding(VOCAB, WIDTH)(tokens)
+        a = PerturbationPoint(name="same")(x)
+        b = PerturbationPoint(name="same")(a)
+        kb.layers.find_points(keras.Model(tokens, b))
+
+
+def _load_example():
+    path = os.path.join(os.path.dirname(__file__), "..", "examples", "text_freelb.py")
+    spec = importlib.util.spec_from_file_location("text_freelb", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_keras_hub_text_classifier_with_freelb_is_more_robust(tmp_path):
+    example = _load_example()
+    results, models, (x_test, y_test) = example.main(["--smoke", "--output-dir", str(tmp_path)])
+    plain, freelb = results["plain"], results["freelb"]
+    assert freelb["clean"] >= 0.9 and plain["clean"] >= 0.9
+    assert freelb[0.1] > plain[0.1] + 0.1
+    assert freelb[0.2] > plain[0.2] + 0.1
+    restored = keras.models.load_model(tmp_path / "freelb_text.keras")
+    assert isinstance(restored.policy, policies.FreeLB)
+    np.testing.assert_allclose(restored.predict(x_test, verbose=0),
+                               models["freelb"].predict(x_test, verbose=0), atol=1e-5)
+    assert any(isinstance(layer, keras_hub.layers.TransformerEncoder) for layer in restored.base_model.layers)
