@@ -27,12 +27,44 @@ def _unpack(data):
     return keras.utils.unpack_x_y_sample_weight(data)
 
 
+def _all_finite(tensors):
+    """A scalar bool: every tensor is finite (sparse gradients included)."""
+    checks = []
+    for tensor in tensors:
+        if tensor is None:
+            continue
+        values = getattr(tensor, "values", tensor)  # tf.IndexedSlices
+        checks.append(ops.all(ops.isfinite(ops.cast(values, "float32"))))
+    return ops.all(ops.stack(checks)) if checks else ops.convert_to_tensor(True)
+
+
 def _check_weight(name, value):
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValueError(f"{name} must be a number >= 0, got {value!r}.")
     if not math.isfinite(value) or value < 0:
         raise ValueError(f"{name} must be finite and >= 0, got {value!r}.")
     return float(value)
+
+
+class _NonFiniteWarning(keras.callbacks.Callback):
+    """Warns once per fit() when batches were skipped for NaN / Inf values."""
+
+    def __init__(self):
+        super().__init__()
+        self._warned = False
+
+    def on_epoch_end(self, epoch, logs=None):
+        count = (logs or {}).get("nonfinite_batches", 0)
+        if count and not self._warned:
+            self._warned = True
+            warnings.warn(
+                f"{int(count)} training step(s) in epoch {epoch + 1} produced NaN or Inf "
+                "(loss, weight or input gradient) and were skipped: neither the weights nor "
+                "the policy state changed. Check the data for NaN/Inf values and labels out "
+                "of range, and lower the learning rate if the loss diverges. The count is "
+                "logged as `nonfinite_batches`.",
+                stacklevel=2,
+            )
 
 
 @keras.saving.register_keras_serializable(package="keras_bidir")
@@ -155,6 +187,7 @@ class BidirectionalModel(keras.Model):
             keras.metrics.Mean(name="clean_loss") if self.clean_weight > 0 else None
         )
         self.perturbation_norm_tracker = keras.metrics.Mean(name="perturbation_norm")
+        self.nonfinite_tracker = keras.metrics.Sum(name="nonfinite_batches")
         object.__setattr__(self, "_adv_compile_metrics", None)
         object.__setattr__(self, "_bidir_attack_loss", None)
 
@@ -237,7 +270,11 @@ class BidirectionalModel(keras.Model):
         return metrics
 
     def _training_only_metric_names(self):
-        names = {self.adv_loss_tracker.name, self.perturbation_norm_tracker.name}
+        names = {
+            self.adv_loss_tracker.name,
+            self.perturbation_norm_tracker.name,
+            self.nonfinite_tracker.name,
+        }
         if self.clean_loss_tracker is not None:
             names.add(self.clean_loss_tracker.name)
         return names
@@ -292,7 +329,9 @@ class BidirectionalModel(keras.Model):
         if self._needs_policy_state():
             x_batch, x = data_utils.peek_inputs(x, batch_size)
             self.build_policy_state(x_batch)
-        return super().fit(x, y, batch_size, *args, **kwargs)
+        callbacks = list(kwargs.pop("callbacks", None) or [])
+        callbacks.append(_NonFiniteWarning())
+        return super().fit(x, y, batch_size, *args, callbacks=callbacks, **kwargs)
 
     def train_on_batch(self, x, y=None, *args, **kwargs):
         self.build_policy_state(x)
@@ -332,6 +371,7 @@ class BidirectionalModel(keras.Model):
             ops.convert_to_tensor(self.perturbation_scale),
             clip=sites.clip_flags(),
             masks=masks,
+            clean=clean,
         )
 
     def perturb(self, x, y=None):
@@ -364,6 +404,21 @@ class BidirectionalModel(keras.Model):
         adversarial = self.policy.attack(self._context(x, y, sites, clean, masks), clean)
         return inputs_lib.replace_inputs(x, sites.input_indices, adversarial)
 
+    def _apply_if_finite(self, gradients, weights, finite):
+        """Applies the weight gradients unless the step produced NaN or Inf."""
+        if isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer):
+            # It skips non-finite steps itself and lowers the loss scale.
+            self.optimizer.apply(gradients, weights)
+            return
+        if not self.optimizer.built:
+            self.optimizer.build(weights)
+
+        def apply():
+            self.optimizer.apply(gradients, weights)
+            return ops.convert_to_tensor(True)
+
+        ops.cond(finite, apply, lambda: ops.convert_to_tensor(False))
+
     def _unscale(self, gradients):
         """Input gradients of the unscaled loss (mixed-precision loss scaling)."""
         if isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer):
@@ -387,6 +442,12 @@ class BidirectionalModel(keras.Model):
                 f"{type(self.policy).__name__} follows the loss gradient and needs "
                 "labels: pass (x, y) or (x, y, sample_weight) batches to fit()."
             )
+        if self.optimizer is not None and not self.optimizer.built:
+            # Build now (Keras would on the first apply) so that loss scaling reads
+            # the live dynamic scale, not the initial constant.
+            if not self.built or not self.trainable_weights:
+                self(x, training=False)
+            self.optimizer.build(self.trainable_weights)
         sites = self._sites(x)
         attack_training = self.attack_mode == "training"
         clean, masks, record_outputs = sites.record(self, x, training=attack_training)
@@ -399,6 +460,7 @@ class BidirectionalModel(keras.Model):
         replays = self.policy.replays
         accumulate = getattr(self.policy, "accumulate_gradients", False)
         accumulated = None
+        all_finite = None
         clean_outputs = None
 
         for _ in range(replays):
@@ -421,11 +483,14 @@ class BidirectionalModel(keras.Model):
                 objective, weights, adversarial
             )
             total, adv_loss, clean_loss, adv_outputs, outputs = aux
+            input_grads = self._unscale(input_grads)
+            finite = _all_finite([total] + list(input_grads) + list(weight_grads))
+            all_finite = finite if all_finite is None else ops.logical_and(all_finite, finite)
             if weights and accumulate:
                 # FreeLB: average the weight gradients of all ascent steps, one update.
                 accumulated = backend.accumulate(accumulated, weight_grads, 1.0 / replays)
             elif weights:
-                self.optimizer.apply(weight_grads, weights)
+                self._apply_if_finite(weight_grads, weights, finite)
             self._loss_tracker.update_state(
                 keras.src.losses.loss.unscale_loss_for_distribution(total),
                 sample_weight=batch_size,
@@ -440,18 +505,23 @@ class BidirectionalModel(keras.Model):
             )
             if self._adv_compile_metrics is not None:
                 self._adv_compile_metrics.update_state(y, adv_outputs, sample_weight)
-            adversarial, state = self.policy.update(
-                context, clean, adversarial, self._unscale(input_grads), state
-            )
+            previous = (adversarial, state)
+            adversarial, state = self.policy.update(context, clean, adversarial, input_grads, state)
+            # A non-finite step moves neither the perturbation nor the policy state.
+            adversarial = [ops.where(finite, a, p) for a, p in zip(adversarial, previous[0])]
+            state = [ops.where(finite, s, p) for s, p in zip(state, previous[1])]
             adversarial = [ops.stop_gradient(a) for a in apply_masks(clean, adversarial, masks)]
 
         if accumulated is not None:
-            self.optimizer.apply(accumulated, weights)
+            self._apply_if_finite(accumulated, weights, all_finite)
+        self.nonfinite_tracker.update_state(ops.cast(ops.logical_not(all_finite), "float32"))
         for variable, value in zip(self._policy_state, state):
             variable.assign(value)
         if self._compile_metrics is not None and self.clean_metrics:
             if clean_outputs is None:
                 clean_outputs = record_outputs
+            if clean_outputs is None:
+                clean_outputs = context.clean_outputs
             if clean_outputs is None:
                 clean_outputs = self(x, training=attack_training)
             self._compile_metrics.update_state(y, clean_outputs, sample_weight)

@@ -118,10 +118,9 @@ def test_free_adversarial_with_generator_keeps_first_batch_and_state(digits):
     compile_classifier(model)
     history = model.fit(generator(), epochs=1, verbose=0).history
     assert seen == [0, 64, 128]
-    # Each batch is replayed twice: exactly twice the steps plain Keras takes on it.
-    plain = compile_classifier(tiny_cnn())
-    plain.fit(generator(), epochs=1, verbose=0)
-    assert model.optimizer.iterations.numpy() == 2 * plain.optimizer.iterations.numpy()
+    # Each of the 3 batches is replayed twice. (Keras 3.15 runs one extra, empty step
+    # when a generator runs out; plain Keras applies it, our non-finite guard skips it.)
+    assert model.optimizer.iterations.numpy() == 3 * 2
     delta = model._policy_state[0].numpy()
     assert 0 < np.abs(delta).max() <= 0.1 + 1e-6
     assert 0 < history["perturbation_norm"][-1] <= 0.1 + 1e-6

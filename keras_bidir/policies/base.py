@@ -48,12 +48,16 @@ class PerturbationContext:
         masks: per site, a padding mask `(batch, time)` or None.
     """
 
-    def __init__(self, objective, seed, scale=1.0, clip=None, masks=None):
+    def __init__(self, objective, seed, scale=1.0, clip=None, masks=None, clean=None):
         self._objective = objective
         self.seed = seed
         self.scale = scale
         self._clip = clip
         self._masks = masks
+        self._clean = clean
+        #: Model outputs at the unperturbed sites, when a policy evaluated them
+        #: (FGSM's gradient pass): the clean metrics reuse them for free.
+        self.clean_outputs = None
 
     def clip(self, count):
         """Per-site clipping flags for `count` sites."""
@@ -71,6 +75,10 @@ class PerturbationContext:
             return ops.sum(per_example), (per_example, outputs)
 
         _, (per_example, outputs), grads = backend.input_gradients(total, adversarial)
+        if self._clean is not None and len(adversarial) == len(self._clean) and all(
+            a is c for a, c in zip(adversarial, self._clean)
+        ):
+            self.clean_outputs = outputs
         return per_example, grads, outputs
 
     def loss(self, adversarial):

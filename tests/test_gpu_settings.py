@@ -1,0 +1,117 @@
+"""GPU-style settings, tested on the CPU: mixed precision, XLA, tracing."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras_bidir as kb
+from keras_bidir import policies
+from conftest import compile_classifier, tiny_cnn
+
+CLIP = {"clip_min": 0.0, "clip_max": 1.0}
+
+ALL = [
+    policies.FGSM(0.1, **CLIP),
+    policies.RandomFGSM(0.1, **CLIP),
+    policies.PGD(0.1, steps=2, restarts=2, **CLIP),
+    policies.FreeAdversarial(0.1, replays=2, **CLIP),
+    policies.GaussianNoise(0.1, **CLIP),
+    policies.APGD(0.1, steps=3, **CLIP),
+    policies.FreeLB(0.1, steps=2, norm="linf"),
+]
+
+
+@pytest.fixture
+def mixed_precision(request):
+    keras.mixed_precision.set_global_policy(request.param)
+    yield request.param
+    keras.mixed_precision.set_global_policy("float32")
+
+
+@pytest.mark.parametrize("mixed_precision", ["mixed_float16", "mixed_bfloat16"], indirect=True)
+@pytest.mark.parametrize("policy", ALL, ids=lambda p: type(p).__name__)
+def test_mixed_precision_every_policy(mixed_precision, policy, small_batch):
+    x, y = small_batch
+    model = kb.BidirectionalModel(tiny_cnn(), policy, seed=0)
+    compile_classifier(model)
+    if mixed_precision == "mixed_float16":
+        assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+    history = model.fit(x, y, batch_size=32, epochs=2, verbose=0).history
+    assert np.isfinite(history["loss"]).all()
+    norm = history["perturbation_norm"][-1]
+    if isinstance(policy, (policies.FGSM, policies.RandomFGSM, policies.PGD, policies.APGD)):
+        assert norm == pytest.approx(0.1, rel=0.02)  # these end on the ε-sphere (L∞)
+    else:
+        assert 0 < norm <= 0.1 * 1.02 or isinstance(policy, policies.GaussianNoise)
+    assert all(np.isfinite(w.numpy()).all() for w in model.base_model.weights)
+
+
+def test_float16_input_gradient_is_unscaled(small_batch):
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        x, y = small_batch
+
+        class Recorder(policies.InputPolicy):
+            def state_shapes(self, shapes):
+                return [tuple(s) for s in shapes]
+
+            def generate(self, context, inputs, state):
+                return list(inputs), state
+
+            def update(self, context, inputs, adversarial, gradients, state):
+                return adversarial, list(gradients)
+
+        base = tiny_cnn(3)
+        model = kb.BidirectionalModel(base, Recorder())
+        model.compile(optimizer=keras.optimizers.SGD(0.0),
+                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        model.train_on_batch(x, y)
+        xt = tf.constant(x)
+        with tf.GradientTape() as tape:
+            tape.watch(xt)
+            loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)(y, base(xt, training=True))
+        expected = tape.gradient(loss, xt).numpy()
+        recorded = model._policy_state[0].numpy()
+        # Loss scale is 2**15 at the start; unscaled, the gradients agree to float16 precision.
+        assert np.abs(recorded).max() < 10 * np.abs(expected).max()
+        np.testing.assert_allclose(recorded, expected, rtol=0.05, atol=2e-4)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
+def test_float16_overflow_skips_weights_and_perturbation_state(small_batch):
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        x, y = small_batch
+        model = kb.BidirectionalModel(tiny_cnn(), policies.FreeAdversarial(0.1, replays=1, **CLIP))
+        compile_classifier(model)
+        model.fit(x, y, batch_size=64, epochs=1, verbose=0)
+        weights = [w.numpy().copy() for w in model.base_model.weights]
+        state = model._policy_state[0].numpy().copy()
+        bad = x.copy()
+        bad[0, 0, 0, 0] = np.inf
+        model.train_on_batch(bad, y)
+        for before, after in zip(weights, model.base_model.weights):
+            np.testing.assert_array_equal(before, after.numpy())
+        np.testing.assert_array_equal(state, model._policy_state[0].numpy())
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
+def test_no_retracing_after_the_first_epoch(digits):
+    (x, y), _ = digits
+    traces = []
+
+    class Counting(kb.BidirectionalModel):
+        def train_step(self, data):
+            traces.append(1)  # Python runs only while tracing.
+            return super().train_step(data)
+
+    model = Counting(tiny_cnn(), policies.PGD(0.1, steps=2, **CLIP))
+    compile_classifier(model)
+    counts = []
+    model.fit(x[:300], y[:300], batch_size=64, epochs=4, verbose=0,  # 4 full batches + 44
+              callbacks=[keras.callbacks.LambdaCallback(on_epoch_end=lambda e, l: counts.append(len(traces)))])
+    assert counts[0] >= 1
+    assert counts == [counts[0]] * 4

@@ -1,0 +1,58 @@
+"""Bad batches, bad configuration and recovery."""
+
+import warnings
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras_bidir as kb
+from keras_bidir import policies
+from conftest import compile_classifier, tiny_cnn
+
+CLIP = {"clip_min": 0.0, "clip_max": 1.0}
+
+
+@pytest.mark.parametrize("policy", [
+    policies.PGD(0.1, steps=2, **CLIP),
+    policies.FreeAdversarial(0.1, replays=2, **CLIP),
+    policies.FGSM(0.1, **CLIP),
+], ids=lambda p: type(p).__name__)
+@pytest.mark.parametrize("poison", [np.nan, np.inf])
+def test_non_finite_batch_mid_epoch_is_skipped(policy, poison, digits):
+    (x, y), _ = digits
+    x, y = x[:256].copy(), y[:256]
+    x[130] = poison  # the third batch of 64
+    model = kb.BidirectionalModel(tiny_cnn(), policy, seed=0)
+    compile_classifier(model)
+    with pytest.warns(UserWarning, match="produced NaN or Inf .* skipped") as record:
+        history = model.fit(x, y, batch_size=64, epochs=2, shuffle=False, verbose=0).history
+    assert sum("produced NaN or Inf" in str(w.message) for w in record) == 1  # warned once
+    assert history["nonfinite_batches"] == [1.0, 1.0]
+    assert all(np.isfinite(w.numpy()).all() for w in model.base_model.weights)
+    assert all(np.isfinite(v.numpy()).all() for v in model._policy_state)
+    replays = policy.replays
+    assert model.optimizer.iterations.numpy() == 2 * 3 * replays  # 3 good batches per epoch
+
+
+def test_skipped_batch_leaves_weights_and_state_untouched(small_batch):
+    x, y = small_batch
+    model = kb.BidirectionalModel(tiny_cnn(), policies.FreeAdversarial(0.1, replays=2, **CLIP))
+    compile_classifier(model)
+    model.fit(x, y, batch_size=64, epochs=1, verbose=0)
+    before = [v.numpy().copy() for v in model.variables]
+    bad = x.copy()
+    bad[3] = np.nan
+    model.train_on_batch(bad, y)
+    for b, v in zip(before, model.variables):
+        if "nonfinite" not in v.path:
+            np.testing.assert_array_equal(b, v.numpy(), err_msg=v.path)
+
+
+def test_clean_run_does_not_warn(small_batch):
+    x, y = small_batch
+    model = compile_classifier(kb.BidirectionalModel(tiny_cnn(), policies.FGSM(0.1, **CLIP)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model.fit(x, y, epochs=1, verbose=0)
