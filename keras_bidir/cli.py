@@ -69,6 +69,14 @@ def build_parser():
                           help="where report.json and robustness.png go (default: outputs/evaluate)")
     evaluate.add_argument("--unsafe", action="store_true",
                           help="load with safe_mode=False (only for files you trust: allows lambdas)")
+    bench = sub.add_parser(
+        "bench",
+        help="step time, memory and robustness-per-cost of each policy against plain fit()",
+        description="Benchmarks every policy against plain keras.Model.fit on the digits protocol.",
+    )
+    from keras_bidir import benchmark
+
+    benchmark.build_parser(bench)
     return parser
 
 
@@ -129,6 +137,10 @@ def main(argv=None):
         return 0
     if args.command == "evaluate":
         return _evaluate(args)
+    if args.command == "bench":
+        from keras_bidir import benchmark
+
+        return benchmark.run(args)
     return 0
 
 

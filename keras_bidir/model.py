@@ -458,12 +458,10 @@ class BidirectionalModel(keras.Model):
         batch_size = ops.shape(clean[0])[0]
         weights = self.trainable_weights
         replays = self.policy.replays
-        accumulate = getattr(self.policy, "accumulate_gradients", False)
-        accumulated = None
-        all_finite = None
-        clean_outputs = None
+        accumulate = bool(getattr(self.policy, "accumulate_gradients", False)) and bool(weights)
 
-        for _ in range(replays):
+        def replay(adversarial, state):
+            """One weight step: ONE gradient for the weights and the sites."""
 
             def objective(tensors):
                 adv_outputs = sites.forward(self, x, tensors, clean, masks, training=True)
@@ -485,11 +483,7 @@ class BidirectionalModel(keras.Model):
             total, adv_loss, clean_loss, adv_outputs, outputs = aux
             input_grads = self._unscale(input_grads)
             finite = _all_finite([total] + list(input_grads) + list(weight_grads))
-            all_finite = finite if all_finite is None else ops.logical_and(all_finite, finite)
-            if weights and accumulate:
-                # FreeLB: average the weight gradients of all ascent steps, one update.
-                accumulated = backend.accumulate(accumulated, weight_grads, 1.0 / replays)
-            elif weights:
+            if weights and not accumulate:
                 self._apply_if_finite(weight_grads, weights, finite)
             self._loss_tracker.update_state(
                 keras.src.losses.loss.unscale_loss_for_distribution(total),
@@ -498,21 +492,42 @@ class BidirectionalModel(keras.Model):
             self.adv_loss_tracker.update_state(adv_loss, sample_weight=batch_size)
             if clean_loss is not None:
                 self.clean_loss_tracker.update_state(clean_loss, sample_weight=batch_size)
-            if clean_outputs is None and outputs is not None:
-                clean_outputs = outputs
             self.perturbation_norm_tracker.update_state(
                 self._perturbation_norm(clean, adversarial)
             )
             if self._adv_compile_metrics is not None:
                 self._adv_compile_metrics.update_state(y, adv_outputs, sample_weight)
-            previous = (adversarial, state)
-            adversarial, state = self.policy.update(context, clean, adversarial, input_grads, state)
+            moved, moved_state = self.policy.update(
+                context, clean, adversarial, input_grads, state
+            )
             # A non-finite step moves neither the perturbation nor the policy state.
-            adversarial = [ops.where(finite, a, p) for a, p in zip(adversarial, previous[0])]
-            state = [ops.where(finite, s, p) for s, p in zip(state, previous[1])]
-            adversarial = [ops.stop_gradient(a) for a in apply_masks(clean, adversarial, masks)]
+            moved = [ops.where(finite, a, p) for a, p in zip(moved, adversarial)]
+            moved_state = [ops.where(finite, s, p) for s, p in zip(moved_state, state)]
+            moved = [ops.stop_gradient(a) for a in apply_masks(clean, moved, masks)]
+            step_grads = weight_grads if accumulate else []
+            return moved, moved_state, finite, step_grads, outputs
 
-        if accumulated is not None:
+        # The first replay is written out (it yields the clean outputs when the
+        # objective has a clean term); further replays (free training, FreeLB)
+        # run in a graph loop, so the traced graph does not grow with their number.
+        adversarial, state, all_finite, step_grads, clean_outputs = replay(adversarial, state)
+        accumulated = backend.accumulate(None, step_grads, 1.0 / replays) if accumulate else []
+        if replays > 1:
+
+            def body(_, carry):
+                adv, st, finite_so_far, acc = carry
+                adv, st, finite, grads, _ = replay(list(adv), list(st))
+                if accumulate:
+                    acc = backend.accumulate(list(acc), grads, 1.0 / replays)
+                return adv, st, ops.logical_and(finite_so_far, finite), acc
+
+            adversarial, state, all_finite, accumulated = ops.fori_loop(
+                1, replays, body, (adversarial, state, all_finite, accumulated)
+            )
+            adversarial, state, accumulated = list(adversarial), list(state), list(accumulated)
+
+        if accumulate:
+            # FreeLB: the weight gradients of the K ascent steps, averaged, applied once.
             self._apply_if_finite(accumulated, weights, all_finite)
         self.nonfinite_tracker.update_state(ops.cast(ops.logical_not(all_finite), "float32"))
         for variable, value in zip(self._policy_state, state):

@@ -19,9 +19,8 @@ def _store_rows(state, rows):
     """`state` with its first rows replaced by `rows` (capacity unchanged)."""
     capacity = state.shape[0]
     batch_size = ops.shape(rows)[0]
-    return ops.concatenate([ops.cast(rows, state.dtype), state[batch_size:]], axis=0)[
-        :capacity
-    ]
+    stored = ops.concatenate([ops.cast(rows, state.dtype), state[batch_size:]], axis=0)
+    return ops.reshape(stored[:capacity], state.shape)  # static shape for graph loops
 
 
 @keras.saving.register_keras_serializable(package="keras_bidir")
