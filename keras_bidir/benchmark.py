@@ -223,8 +223,12 @@ def run_quality(names, epochs=30, seed=0, verbose=True):
     rows = {}
     for name in names:
         model = _build(name, seed=seed)
-        replays = getattr(getattr(model, "policy", None), "replays", 1)
-        run_epochs = max(1, round(epochs / replays)) if name.startswith("free") else epochs
+        policy = getattr(model, "policy", None)
+        # Free training makes `replays` weight updates per batch: same updates, fewer epochs.
+        if policy is not None and not getattr(policy, "accumulate_gradients", False):
+            run_epochs = max(1, round(epochs / policy.replays))
+        else:
+            run_epochs = epochs
         start = time.perf_counter()
         model.fit(x_train, y_train, batch_size=128, epochs=run_epochs, verbose=0)
         seconds = time.perf_counter() - start

@@ -91,7 +91,16 @@ def _evaluate(args):
 
     if not os.path.exists(args.model):
         raise SystemExit(f"keras-bidir evaluate: no such model file: {args.model}")
-    model = keras.models.load_model(args.model, safe_mode=not args.unsafe, compile=False)
+    try:
+        model = keras.models.load_model(args.model, safe_mode=not args.unsafe, compile=False)
+    except ValueError as error:
+        if "safe_mode" in str(error):
+            raise SystemExit(
+                f"keras-bidir evaluate: refusing to load {args.model}: it contains code "
+                "(e.g. a Lambda layer) that safe_mode does not run. Pass --unsafe only if "
+                f"you trust the file.\n({error})"
+            ) from None
+        raise
     _, (x_test, y_test) = datasets.load(args.data)
     if args.limit:
         x_test, y_test = x_test[: args.limit], y_test[: args.limit]

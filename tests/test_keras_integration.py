@@ -77,12 +77,27 @@ def test_jit_compile_random_policies(policy, small_batch):
     assert xla["loss"][-1] == pytest.approx(graph["loss"][-1], rel=0.1)
 
 
-def test_steps_per_execution_and_eager_mode(small_batch):
+@pytest.mark.parametrize("policy", [
+    policies.FGSM(0.1, **CLIP),
+    policies.RandomFGSM(0.1, **CLIP),
+    policies.PGD(0.1, steps=2, restarts=2, **CLIP),
+    policies.FreeAdversarial(0.1, replays=2, **CLIP),
+    policies.GaussianNoise(0.1, **CLIP),
+    policies.APGD(0.1, steps=3, **CLIP),
+    policies.FreeLB(0.1, steps=2, norm="linf"),
+], ids=lambda p: type(p).__name__)
+def test_steps_per_execution(policy, small_batch):
     x, y = small_batch
-    model = kb.BidirectionalModel(tiny_cnn(), policies.FreeAdversarial(0.1, replays=2, **CLIP))
+    model = kb.BidirectionalModel(tiny_cnn(), policy)
     compile_classifier(model, steps_per_execution=2)
-    model.fit(x, y, batch_size=16, epochs=1, verbose=0)
-    assert model.optimizer.iterations.numpy() == 4 * 2
-    eager = kb.BidirectionalModel(tiny_cnn(), policies.PGD(0.1, steps=2, **CLIP))
+    history = model.fit(x, y, batch_size=16, epochs=1, verbose=0).history
+    updates_per_batch = 1 if getattr(policy, "accumulate_gradients", False) else policy.replays
+    assert model.optimizer.iterations.numpy() == 4 * updates_per_batch
+    assert np.isfinite(history["loss"][-1])
+
+
+def test_eager_mode(small_batch):
+    x, y = small_batch
+    eager = kb.BidirectionalModel(tiny_cnn(), policies.FreeAdversarial(0.1, replays=2, **CLIP))
     compile_classifier(eager, run_eagerly=True)
     assert np.isfinite(eager.fit(x, y, batch_size=32, epochs=1, verbose=0).history["loss"][-1])

@@ -1,0 +1,100 @@
+"""Property tests: every policy, random shapes / dtypes / norms / radii."""
+
+import keras
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from keras_bidir import policies
+from keras_bidir.policies.base import PerturbationContext
+
+DTYPES = ["float16", "bfloat16", "float32", "float64"]
+TOLERANCE = {"float16": 2e-3, "bfloat16": 2e-2, "float32": 1e-5, "float64": 1e-9}
+
+
+def make_policy(kind, epsilon, norm):
+    clip = {"clip_min": 0.0, "clip_max": 1.0}
+    return {
+        "fgsm": lambda: policies.FGSM(epsilon, norm=norm, **clip),
+        "random_fgsm": lambda: policies.RandomFGSM(epsilon, norm=norm, **clip),
+        "pgd": lambda: policies.PGD(epsilon, steps=2, restarts=2, norm=norm, **clip),
+        "free": lambda: policies.FreeAdversarial(epsilon, replays=2, norm=norm, **clip),
+        "apgd": lambda: policies.APGD(epsilon, steps=3, norm=norm, **clip),
+        "freelb": lambda: policies.FreeLB(epsilon, steps=2, norm=norm, **clip),
+        "noise": lambda: policies.GaussianNoise(epsilon, epsilon=epsilon, **clip),
+    }[kind]()
+
+
+def quadratic_context(inputs, seed):
+    """A smooth objective with a known, non-zero gradient: sum((x - 0.3)²·w)."""
+    weights = [keras.random.normal(keras.ops.shape(x), seed=seed) for x in inputs]
+
+    def objective(tensors):
+        per_example = 0.0
+        for t, w in zip(tensors, weights):
+            value = keras.ops.square(keras.ops.cast(t, "float32") - 0.3) * w
+            per_example = per_example + keras.ops.sum(
+                keras.ops.reshape(value, (keras.ops.shape(value)[0], -1)), axis=1)
+        return per_example, None
+
+    return PerturbationContext(objective, keras.random.SeedGenerator(seed))
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    kind=st.sampled_from(["fgsm", "random_fgsm", "pgd", "free", "apgd", "freelb", "noise"]),
+    norm=st.sampled_from(["linf", "l2"]),
+    dtype=st.sampled_from(DTYPES),
+    epsilon=st.floats(0.01, 0.5),
+    shape=st.lists(st.integers(1, 5), min_size=1, max_size=3),
+    batch=st.integers(1, 4),
+    seed=st.integers(0, 2**16),
+)
+def test_policies_stay_finite_in_ball_and_range(kind, norm, dtype, epsilon, shape, batch, seed):
+    policy = make_policy(kind, epsilon, norm)
+    rng = np.random.default_rng(seed)
+    x = keras.ops.cast(rng.random((batch, *shape)), dtype)
+    context = quadratic_context([x], seed)
+    adversarial = policy.attack(context, [x])[0]
+    assert keras.backend.standardize_dtype(adversarial.dtype) == dtype
+    a = keras.ops.convert_to_numpy(keras.ops.cast(adversarial, "float64"))
+    x64 = keras.ops.convert_to_numpy(keras.ops.cast(x, "float64"))
+    assert np.isfinite(a).all()
+    assert a.min() >= 0.0 and a.max() <= 1.0
+    delta = (a - x64).reshape(batch, -1)
+    ball_norm = "linf" if kind == "noise" else norm
+    size = np.abs(delta).max(1) if ball_norm == "linf" else np.sqrt((delta ** 2).sum(1))
+    assert (size <= epsilon * (1 + TOLERANCE[dtype]) + TOLERANCE[dtype]).all()
+
+
+def _mixed_model():
+    keras.utils.set_random_seed(0)
+    features = keras.Input((4,), name="features")
+    token = keras.Input((2,), name="token", dtype="int32")
+    embedded = keras.layers.Flatten()(keras.layers.Embedding(10, 3)(token))
+    out = keras.layers.Dense(3)(keras.layers.Concatenate()([features, embedded]))
+    return keras.Model({"features": features, "token": token}, out)
+
+
+MIXED = None
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    kind=st.sampled_from(["fgsm", "random_fgsm", "pgd", "free", "apgd", "freelb", "noise"]),
+    norm=st.sampled_from(["linf", "l2"]),
+    epsilon=st.floats(0.01, 0.5),
+    batch=st.integers(1, 6),
+    seed=st.integers(0, 2**16),
+)
+def test_integer_inputs_are_never_changed(kind, norm, epsilon, batch, seed):
+    global MIXED
+    MIXED = MIXED or _mixed_model()
+    rng = np.random.default_rng(seed)
+    x = {"features": rng.random((batch, 4)).astype("float32"),
+         "token": rng.integers(0, 10, (batch, 2)).astype("int32")}
+    y = rng.integers(0, 3, batch)
+    adversarial = make_policy(kind, epsilon, norm).perturb(MIXED, x, y, seed=seed)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(adversarial["token"]), x["token"])
+    assert np.isfinite(keras.ops.convert_to_numpy(adversarial["features"])).all()
