@@ -60,3 +60,35 @@ def numpy_norm(delta, norm):
     if norm == "linf":
         return np.abs(flat).max(axis=1)
     return np.sqrt((flat**2).sum(axis=1))
+
+
+from keras_bidir import policies as _policies  # noqa: E402
+
+CLIP = {"clip_min": 0.0, "clip_max": 1.0}
+
+
+class RecordGradients(_policies.InputPolicy):
+    """A probe through the public policy protocol: leaves every site as it is
+    and stores the weight step's site gradients as its state."""
+
+    def state_shapes(self, input_shapes):
+        return [tuple(s) for s in input_shapes]
+
+    def generate(self, context, inputs, state):
+        return list(inputs), state
+
+    def update(self, context, inputs, adversarial, gradients, state):
+        return adversarial, list(gradients)
+
+
+def training_policies():
+    """One small instance of every policy (data range [0, 1] where it applies)."""
+    return [
+        _policies.FGSM(0.1, **CLIP),
+        _policies.RandomFGSM(0.1, **CLIP),
+        _policies.PGD(0.1, steps=2, restarts=2, **CLIP),
+        _policies.FreeAdversarial(0.1, replays=2, **CLIP),
+        _policies.GaussianNoise(0.1, **CLIP),
+        _policies.APGD(0.1, steps=3, **CLIP),
+        _policies.FreeLB(0.1, steps=2, norm="linf"),
+    ]

@@ -7,19 +7,11 @@ import tensorflow as tf
 
 import keras_bidir as kb
 from keras_bidir import policies
-from conftest import compile_classifier, tiny_cnn
+from conftest import RecordGradients, compile_classifier, tiny_cnn, training_policies
 
 CLIP = {"clip_min": 0.0, "clip_max": 1.0}
 
-ALL = [
-    policies.FGSM(0.1, **CLIP),
-    policies.RandomFGSM(0.1, **CLIP),
-    policies.PGD(0.1, steps=2, restarts=2, **CLIP),
-    policies.FreeAdversarial(0.1, replays=2, **CLIP),
-    policies.GaussianNoise(0.1, **CLIP),
-    policies.APGD(0.1, steps=3, **CLIP),
-    policies.FreeLB(0.1, steps=2, norm="linf"),
-]
+ALL = training_policies()
 
 
 @pytest.fixture
@@ -52,18 +44,8 @@ def test_float16_input_gradient_is_unscaled(small_batch):
     try:
         x, y = small_batch
 
-        class Recorder(policies.InputPolicy):
-            def state_shapes(self, shapes):
-                return [tuple(s) for s in shapes]
-
-            def generate(self, context, inputs, state):
-                return list(inputs), state
-
-            def update(self, context, inputs, adversarial, gradients, state):
-                return adversarial, list(gradients)
-
         base = tiny_cnn(3)
-        model = kb.BidirectionalModel(base, Recorder())
+        model = kb.BidirectionalModel(base, RecordGradients())
         model.compile(optimizer=keras.optimizers.SGD(0.0),
                       loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
         model.train_on_batch(x, y)

@@ -7,22 +7,10 @@ import tensorflow as tf
 
 import keras_bidir as kb
 from keras_bidir import policies
+from conftest import RecordGradients as RecordInputGradient
 from conftest import compile_classifier, tiny_cnn
 
 CLIP = {"clip_min": 0.0, "clip_max": 1.0}
-
-
-class RecordInputGradient(policies.InputPolicy):
-    """Leaves inputs unchanged and stores the step's input gradient as state."""
-
-    def state_shapes(self, input_shapes):
-        return [tuple(s) for s in input_shapes]
-
-    def generate(self, context, inputs, state):
-        return list(inputs), state
-
-    def update(self, context, inputs, adversarial, gradients, state):
-        return adversarial, list(gradients)
 
 
 def test_one_tape_gradients_match_independent_tape(small_batch):

@@ -10,6 +10,7 @@ import tensorflow as tf
 import keras_bidir as kb
 from keras_bidir import policies
 from keras_bidir.layers import PerturbationPoint
+from conftest import RecordGradients as Recorder
 from conftest import compile_classifier
 
 SEQ, VOCAB, WIDTH = 10, 30, 8
@@ -35,19 +36,6 @@ def functional_text_model(points=1, seed=0):
         x = PerturbationPoint(name="hidden")(x)
     x = keras.layers.GlobalAveragePooling1D()(x)
     return keras.Model(tokens, keras.layers.Dense(2)(x))
-
-
-class Recorder(policies.InputPolicy):
-    """Keeps the sites as they are and stores each step's site gradients."""
-
-    def state_shapes(self, input_shapes):
-        return [tuple(s) for s in input_shapes]
-
-    def generate(self, context, inputs, state):
-        return list(inputs), state
-
-    def update(self, context, inputs, adversarial, gradients, state):
-        return adversarial, list(gradients)
 
 
 def test_identity_outside_bidirectional_training():

@@ -195,6 +195,21 @@ class InputPolicy:
         moved = adversarial + step * constraints.ascent_direction(gradient, self.norm)
         return self._project(x, moved, epsilon, clip)
 
+    def _step_sites(self, context, inputs, adversarial, gradients, step_size, epsilon):
+        """`_step` at every site, with each site's clipping rule."""
+        clip = context.clip(len(inputs))
+        return [
+            self._step(x, a, g, step_size, epsilon, c)
+            for x, a, g, c in zip(inputs, adversarial, gradients, clip)
+        ]
+
+    def _ascend(self, context, inputs, adversarial, steps, step_size, epsilon):
+        """`steps` projected ascent steps from `adversarial` (no weight updates)."""
+        for _ in range(steps):
+            _, grads, _ = context.loss_and_gradients(adversarial)
+            adversarial = self._step_sites(context, inputs, adversarial, grads, step_size, epsilon)
+        return adversarial
+
     # -- standalone use -------------------------------------------------------
     def perturb(self, model, x, y=None, loss=None, training=False, perturb=None, seed=None,
                 scale=1.0):

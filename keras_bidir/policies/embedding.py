@@ -83,24 +83,12 @@ class FreeLB(_BallPolicy):
     def update(self, context, inputs, adversarial, gradients, state):
         epsilon = self.epsilon * context.scale
         step = self.step_size * context.scale
-        adversarial = [
-            self._step(x, a, g, step, epsilon, c)
-            for x, a, g, c in zip(inputs, adversarial, gradients, context.clip(len(inputs)))
-        ]
-        return adversarial, state
+        return self._step_sites(context, inputs, adversarial, gradients, step, epsilon), state
 
     def attack(self, context, inputs):
         adversarial, _ = self.generate(context, inputs, [])
-        clip = context.clip(len(inputs))
         epsilon = self.epsilon * context.scale
-        step = self.step_size * context.scale
-        for _ in range(self.steps):
-            _, grads, _ = context.loss_and_gradients(adversarial)
-            adversarial = [
-                self._step(x, a, g, step, epsilon, c)
-                for x, a, g, c in zip(inputs, adversarial, grads, clip)
-            ]
-        return adversarial
+        return self._ascend(context, inputs, adversarial, self.steps, self.step_size * context.scale, epsilon)
 
     def get_config(self):
         return {"steps": self.steps, "step_size": self.step_size,

@@ -71,25 +71,14 @@ class FreeAdversarial(_BallPolicy):
     def update(self, context, inputs, adversarial, gradients, state):
         epsilon = self.epsilon * context.scale
         step = self.step_size * context.scale
-        adversarial = [
-            self._step(x, a, g, step, epsilon, c)
-            for x, a, g, c in zip(inputs, adversarial, gradients, context.clip(len(inputs)))
-        ]
+        adversarial = self._step_sites(context, inputs, adversarial, gradients, step, epsilon)
         state = [_store_rows(s, a - x) for s, a, x in zip(state, adversarial, inputs)]
         return adversarial, state
 
     def attack(self, context, inputs):
         epsilon = self.epsilon * context.scale
         step = self.step_size * context.scale
-        adversarial = list(inputs)
-        clip = context.clip(len(inputs))
-        for _ in range(self.replays):
-            _, grads, _ = context.loss_and_gradients(adversarial)
-            adversarial = [
-                self._step(x, a, g, step, epsilon, c)
-                for x, a, g, c in zip(inputs, adversarial, grads, clip)
-            ]
-        return adversarial
+        return self._ascend(context, inputs, list(inputs), self.replays, step, epsilon)
 
     def get_config(self):
         return {"replays": self.replays, "step_size": self.step_size, **super().get_config()}

@@ -45,11 +45,7 @@ class FGSM(_BallPolicy):
     def generate(self, context, inputs, state):
         epsilon = self.epsilon * context.scale
         _, grads, _ = context.loss_and_gradients(inputs)
-        clip = context.clip(len(inputs))
-        adversarial = [
-            self._step(x, x, g, epsilon, epsilon, c) for x, g, c in zip(inputs, grads, clip)
-        ]
-        return adversarial, state
+        return self._step_sites(context, inputs, inputs, grads, epsilon, epsilon), state
 
 
 @keras.saving.register_keras_serializable(package="keras_bidir")
@@ -78,13 +74,8 @@ class RandomFGSM(_BallPolicy):
         epsilon = self.epsilon * context.scale
         clip = context.clip(len(inputs))
         starts = [self._random_start(context, x, epsilon, c) for x, c in zip(inputs, clip)]
-        _, grads, _ = context.loss_and_gradients(starts)
         step = self.step_size * context.scale
-        adversarial = [
-            self._step(x, s, g, step, epsilon, c)
-            for x, s, g, c in zip(inputs, starts, grads, clip)
-        ]
-        return adversarial, state
+        return self._ascend(context, inputs, starts, 1, step, epsilon), state
 
     def get_config(self):
         return {"step_size": self.step_size, **super().get_config()}
@@ -143,11 +134,7 @@ class PGD(_BallPolicy):
             adversarial = list(inputs)
 
         def body(_, current):
-            _, grads, _ = context.loss_and_gradients(list(current))
-            return [
-                self._step(x, a, g, step, epsilon, c)
-                for x, a, g, c in zip(inputs, current, grads, clip)
-            ]
+            return self._ascend(context, inputs, list(current), 1, step, epsilon)
 
         return list(ops.fori_loop(0, self.steps, body, adversarial))
 
