@@ -4,6 +4,7 @@ import math
 import warnings
 
 import keras
+import numpy as np
 from keras import ops
 from keras import tree
 
@@ -190,6 +191,7 @@ class BidirectionalModel(keras.Model):
         self.nonfinite_tracker = keras.metrics.Sum(name="nonfinite_batches")
         object.__setattr__(self, "_adv_compile_metrics", None)
         object.__setattr__(self, "_bidir_attack_loss", None)
+        object.__setattr__(self, "_bidir_loss_spec", None)
 
     # -- Keras model protocol ----------------------------------------------------
     def call(self, inputs, training=None):
@@ -226,6 +228,7 @@ class BidirectionalModel(keras.Model):
         object.__setattr__(
             self, "_bidir_attack_loss", losses_lib.per_example_loss_fn(loss, loss_weights)
         )
+        object.__setattr__(self, "_bidir_loss_spec", loss)
         adv_metrics = None
         if metrics or weighted_metrics:
             adv_metrics = PrefixedCompileMetrics(
@@ -325,7 +328,28 @@ class BidirectionalModel(keras.Model):
         dtypes = [keras.backend.standardize_dtype(t.dtype) for t in clean]
         self._create_policy_state(shapes, dtypes)
 
+    def _check_label_range(self, y):
+        """Sparse integer labels must index the model's classes (a GPU gives NaN otherwise)."""
+        loss = getattr(self, "_bidir_loss_spec", None)
+        sparse = isinstance(loss, keras.losses.SparseCategoricalCrossentropy) or loss in (
+            "sparse_categorical_crossentropy",)
+        outputs = getattr(self.base_model, "outputs", None)
+        if not sparse or y is None or not hasattr(y, "dtype") or outputs is None or len(outputs) != 1:
+            return
+        classes = outputs[0].shape[-1]
+        labels = np.asarray(y)
+        if not np.issubdtype(labels.dtype, np.integer) or labels.size == 0 or classes is None:
+            return
+        low, high = int(labels.min()), int(labels.max())
+        if low < 0 or high >= classes:
+            raise ValueError(
+                f"Labels must lie in [0, {classes}) for the model's {classes} outputs, but y "
+                f"ranges over [{low}, {high}]. Check the label encoding, or the size of the "
+                "final Dense layer."
+            )
+
     def fit(self, x=None, y=None, batch_size=None, *args, **kwargs):
+        self._check_label_range(y)
         if self._needs_policy_state():
             x_batch, x = data_utils.peek_inputs(x, batch_size)
             self.build_policy_state(x_batch)

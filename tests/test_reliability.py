@@ -56,3 +56,12 @@ def test_clean_run_does_not_warn(small_batch):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         model.fit(x, y, epochs=1, verbose=0)
+
+
+@pytest.mark.parametrize("labels", [[0, 3, 10], [-1, 2, 3]])
+def test_labels_out_of_range_are_a_clear_error(labels, small_batch):
+    x, _ = small_batch
+    y = np.resize(np.asarray(labels), len(x))
+    model = compile_classifier(kb.BidirectionalModel(tiny_cnn(), policies.FGSM(0.1, **CLIP)))
+    with pytest.raises(ValueError, match=r"Labels must lie in \[0, 10\).*final Dense layer"):
+        model.fit(x, y, epochs=1, verbose=0)
