@@ -23,5 +23,6 @@ __all__ = [
     "evaluation",
     "layers",
     "policies",
+    "sites",
     "__version__",
 ]

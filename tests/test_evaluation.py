@@ -7,7 +7,7 @@ import tensorflow as tf
 
 import keras_bidir as kb
 from keras_bidir import evaluation, losses, policies
-from conftest import compile_classifier, tiny_cnn
+from conftest import compile_classifier
 
 CLIP = {"clip_min": 0.0, "clip_max": 1.0}
 

@@ -2,7 +2,6 @@
 
 import keras
 import numpy as np
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

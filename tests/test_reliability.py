@@ -2,10 +2,8 @@
 
 import warnings
 
-import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 
 import keras_bidir as kb
 from keras_bidir import policies
