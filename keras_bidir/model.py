@@ -509,13 +509,19 @@ class BidirectionalModel(keras.Model):
             finite = _all_finite([total] + list(input_grads) + list(weight_grads))
             if weights and not accumulate:
                 self._apply_if_finite(weight_grads, weights, finite)
+            # A skipped (non-finite) step does not enter the epoch's mean losses.
+            weight = ops.cast(batch_size, "float32") * ops.cast(finite, "float32")
+
+            def kept(value):
+                return ops.where(finite, ops.cast(value, "float32"), 0.0)
+
             self._loss_tracker.update_state(
-                keras.src.losses.loss.unscale_loss_for_distribution(total),
-                sample_weight=batch_size,
+                kept(keras.src.losses.loss.unscale_loss_for_distribution(total)),
+                sample_weight=weight,
             )
-            self.adv_loss_tracker.update_state(adv_loss, sample_weight=batch_size)
+            self.adv_loss_tracker.update_state(kept(adv_loss), sample_weight=weight)
             if clean_loss is not None:
-                self.clean_loss_tracker.update_state(clean_loss, sample_weight=batch_size)
+                self.clean_loss_tracker.update_state(kept(clean_loss), sample_weight=weight)
             self.perturbation_norm_tracker.update_state(
                 self._perturbation_norm(clean, adversarial)
             )

@@ -28,6 +28,7 @@ def test_non_finite_batch_mid_epoch_is_skipped(policy, poison, digits):
         history = model.fit(x, y, batch_size=64, epochs=2, shuffle=False, verbose=0).history
     assert sum("produced NaN or Inf" in str(w.message) for w in record) == 1  # warned once
     assert history["nonfinite_batches"] == [1.0, 1.0]
+    assert np.isfinite(history["loss"]).all() and np.isfinite(history["adv_loss"]).all()
     assert all(np.isfinite(w.numpy()).all() for w in model.base_model.weights)
     assert all(np.isfinite(v.numpy()).all() for v in model._policy_state)
     replays = policy.replays
