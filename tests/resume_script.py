@@ -1,0 +1,52 @@
+"""Helper for tests/test_resume.py: trains, optionally dies mid-epoch, resumes.
+
+    python tests/resume_script.py MODE BACKUP_DIR OUTPUT.npy
+MODE is "plain-run" (uninterrupted), "crash" (exits hard during epoch 3) or "resume".
+"""
+
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+import keras_bidir as kb  # noqa: E402
+from keras_bidir.demo import digits_cnn  # noqa: E402
+
+
+def main(mode, backup_dir, output):
+    keras.utils.set_random_seed(0)
+    tf.config.experimental.enable_op_determinism()
+    (x, y), _ = kb.datasets.load_digits()
+    x, y = x[:512], y[:512]
+    model = kb.BidirectionalModel(
+        digits_cnn(0), kb.policies.FreeAdversarial(0.2, replays=2, clip_min=0.0, clip_max=1.0), seed=0
+    )
+    model.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  metrics=["accuracy"])
+    model(x[:1])  # BackupAndRestore needs a built model
+    callbacks = [keras.callbacks.BackupAndRestore(backup_dir),
+                 kb.callbacks.EpsilonSchedule(ramp=12, unit="step")]
+    if mode == "crash":
+
+        class Die(keras.callbacks.Callback):
+            def on_train_batch_end(self, batch, logs=None):
+                if self.model.optimizer.iterations.numpy() >= 2 * (2 * 8 + 3):  # epoch 3, batch 4
+                    os._exit(17)
+
+        callbacks.append(Die())
+    seen = []
+    callbacks.append(keras.callbacks.LambdaCallback(on_train_batch_end=lambda b, logs: seen.append(b)))
+    model.fit(x, y, batch_size=64, epochs=4, shuffle=False, verbose=0, callbacks=callbacks)
+    with open(output + ".batches", "w") as handle:
+        handle.write(str(len(seen)))
+    state = [v.numpy().ravel() for v in model.variables]
+    state += [v.numpy().ravel().astype("float64") for v in model.optimizer.variables]
+    np.save(output, np.concatenate([s.astype("float64") for s in state]))
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:4])
