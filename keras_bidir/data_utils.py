@@ -66,3 +66,54 @@ def peek_inputs(x, batch_size=None):
             raise ValueError("The training data is empty: it yields no batch.")
         return keras.utils.unpack_x_y_sample_weight(first)[0], x
     raise TypeError(f"Unsupported training data of type {type(x).__name__}.")
+
+
+def validate_arrays(x, model):
+    """Clear errors for array data that cannot fit `model`'s declared inputs.
+
+    Checks only NumPy-like data against Functional / Sequential models with
+    known input shapes; other data is left to Keras.
+    """
+    if _looks_like_tf_dataset(x) and hasattr(x, "cardinality"):
+        if int(x.cardinality()) == 0:
+            raise ValueError(
+                "The training dataset is empty (cardinality 0): it yields no batch. Check "
+                "the filtering / take() / batch(drop_remainder=True) steps that built it."
+            )
+        return
+    leaves = keras.tree.flatten(x) if isinstance(x, (list, tuple, dict)) else [x]
+    if not leaves or not all(_is_array_like(leaf) for leaf in leaves):
+        return
+    for leaf in leaves:
+        if len(leaf.shape) == 0 or leaf.shape[0] == 0:
+            raise ValueError(
+                "The training data is empty: the input arrays have no rows. Check the "
+                "loading / filtering step that produced them."
+            )
+    specs = getattr(model, "inputs", None)
+    if not specs:
+        return
+    specs = keras.tree.flatten(specs)
+    if isinstance(x, dict):
+        names = [s.name for s in specs]
+        if set(x) != set(names):
+            return  # Keras reports missing / extra keys itself.
+        pairs = [(x[s.name], s) for s in specs]
+    elif len(leaves) == len(specs):
+        pairs = list(zip(leaves, specs))
+    else:
+        return
+    for value, spec in pairs:
+        expected = tuple(spec.shape[1:])
+        got = tuple(value.shape[1:])
+        compatible = len(expected) == len(got) and all(
+            e is None or e == g for e, g in zip(expected, got)
+        )
+        if not compatible:
+            hint = ""
+            if len(got) + 1 == len(expected) and expected[-1] == 1:
+                hint = " Add the channel axis, e.g. x[..., None]."
+            raise ValueError(
+                f"Input '{spec.name}' expects examples of shape {expected}, but the data has "
+                f"examples of shape {got} (array shape {tuple(value.shape)}).{hint}"
+            )

@@ -349,6 +349,7 @@ class BidirectionalModel(keras.Model):
             )
 
     def fit(self, x=None, y=None, batch_size=None, *args, **kwargs):
+        data_utils.validate_arrays(x, self.base_model)
         self._check_label_range(y)
         if self._needs_policy_state():
             x_batch, x = data_utils.peek_inputs(x, batch_size)

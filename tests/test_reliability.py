@@ -64,3 +64,19 @@ def test_labels_out_of_range_are_a_clear_error(labels, small_batch):
     model = compile_classifier(kb.BidirectionalModel(tiny_cnn(), policies.FGSM(0.1, **CLIP)))
     with pytest.raises(ValueError, match=r"Labels must lie in \[0, 10\).*final Dense layer"):
         model.fit(x, y, epochs=1, verbose=0)
+
+
+def test_input_shape_mismatch_and_empty_data_are_clear_errors(small_batch):
+    x, y = small_batch
+    model = compile_classifier(kb.BidirectionalModel(tiny_cnn(), policies.FGSM(0.1, **CLIP)))
+    with pytest.raises(ValueError, match=r"expects examples of shape \(8, 8, 1\).*\(8, 8\).*x\[\.\.\., None\]"):
+        model.fit(x[..., 0], y, epochs=1, verbose=0)
+    with pytest.raises(ValueError, match=r"expects examples of shape \(8, 8, 1\).*\(4, 4, 1\)"):
+        model.fit(x[:, :4, :4], y, epochs=1, verbose=0)
+    with pytest.raises(ValueError, match="training data is empty"):
+        model.fit(x[:0], y[:0], epochs=1, verbose=0)
+    import tensorflow as tf
+
+    empty = tf.data.Dataset.from_tensor_slices((x, y)).batch(128, drop_remainder=True)
+    with pytest.raises(ValueError, match=r"training dataset is empty \(cardinality 0\)"):
+        model.fit(empty, epochs=1, verbose=0)
