@@ -39,6 +39,14 @@ def standardize_norm(norm):
     )
 
 
+def as_dtype(value, dtype):
+    """`value` as a tensor of `dtype`; Python numbers are converted directly in
+    that dtype (not through float32, which would round ε for float64 data)."""
+    if isinstance(value, (int, float)):
+        return ops.convert_to_tensor(value, dtype=dtype)
+    return ops.cast(value, dtype)
+
+
 def _reduce_axes(x):
     return tuple(range(1, len(x.shape)))
 
@@ -61,7 +69,7 @@ def per_example_norm(x, norm):
 def project(delta, epsilon, norm):
     """Projects each example's perturbation onto the ε-ball of `norm`."""
     norm = standardize_norm(norm)
-    epsilon = ops.cast(epsilon, delta.dtype)
+    epsilon = as_dtype(epsilon, delta.dtype)
     if norm == "linf":
         return ops.clip(delta, -epsilon, epsilon)
     length = per_example_norm(delta, "l2")
@@ -118,7 +126,7 @@ def clip_to_range(x, clip_min=None, clip_max=None):
         return x
     low = -math.inf if clip_min is None else clip_min
     high = math.inf if clip_max is None else clip_max
-    return ops.clip(x, ops.cast(low, x.dtype), ops.cast(high, x.dtype))
+    return ops.clip(x, as_dtype(float(low), x.dtype), as_dtype(float(high), x.dtype))
 
 
 def perturbed(x, delta, epsilon, norm, clip_min=None, clip_max=None):

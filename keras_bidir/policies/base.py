@@ -191,7 +191,7 @@ class InputPolicy:
 
     def _step(self, x, adversarial, gradient, step_size, epsilon, clip=True):
         """One projected ascent step from `adversarial`, kept in ball and range."""
-        step = ops.cast(step_size * self.direction, x.dtype)
+        step = constraints.as_dtype(step_size * self.direction, x.dtype)
         moved = adversarial + step * constraints.ascent_direction(gradient, self.norm)
         return self._project(x, moved, epsilon, clip)
 
