@@ -67,6 +67,7 @@ class RobustAccuracy(keras.callbacks.Callback):
         self.seed = seed
         self.validation_data = validation_data
         self._data = None
+        self._runners = {}
 
     def on_train_begin(self, logs=None):
         if self.validation_data is None:
@@ -80,9 +81,10 @@ class RobustAccuracy(keras.callbacks.Callback):
         x, y = self._data
         results = {}
         for eps in sorted(set(self.epsilons) | {self.attack.epsilon}):
-            attack = evaluation.with_epsilon(self.attack, eps)
+            # One compiled attack for every epoch and radius (ε is a runtime argument).
             results[eps] = evaluation.robust_accuracy(
-                self.model, x, y, attack, batch_size=self.batch_size, seed=self.seed
+                self.model, x, y, self.attack, batch_size=self.batch_size, seed=self.seed,
+                epsilon=eps, runners=self._runners,
             )
         logs["val_robust_accuracy"] = results[self.attack.epsilon]
         for eps in self.epsilons:

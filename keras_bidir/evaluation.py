@@ -9,16 +9,6 @@ from keras_bidir.policies.base import resolve_attack_loss
 from keras_bidir.sites import Sites
 
 
-def with_epsilon(policy, epsilon):
-    """A copy of `policy` at radius `epsilon`, step sizes scaled alike."""
-    config = policy.get_config()
-    ratio = epsilon / config["epsilon"]
-    config["epsilon"] = float(epsilon)
-    if config.get("step_size") is not None:
-        config["step_size"] = config["step_size"] * ratio
-    return policy.__class__.from_config(config)
-
-
 def _single_restart(policy):
     config = policy.get_config()
     if config.get("restarts", 1) == 1:

@@ -46,10 +46,6 @@ class Sites:
         else:
             self.input_indices = []
 
-    @property
-    def count(self):
-        return len(self.input_indices) + len(self.point_names)
-
     def clip_flags(self):
         """Data-range clipping applies to input sites only, never to activations."""
         return [True] * len(self.input_indices) + [False] * len(self.point_names)
