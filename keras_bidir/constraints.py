@@ -9,6 +9,8 @@ import math
 import keras
 from keras import ops
 
+from keras_bidir import backend
+
 NORMS = ("linf", "l2")
 _TINY = 1e-12
 
@@ -100,10 +102,16 @@ def random_in_ball(shape, epsilon, norm, dtype, seed):
         seed: a `keras.random.SeedGenerator` or an integer.
 
     Returns:
-        A tensor of `shape` whose rows lie inside the ball.
+        A tensor of `shape` whose rows lie inside the ball. Under
+        `tf.distribute` these are this replica's rows of one draw for the
+        global batch, as single-device training would draw them.
     """
     norm = standardize_norm(norm)
     epsilon = ops.cast(epsilon, "float32")
+    return backend.replica_rows(lambda s: _random_in_ball(s, epsilon, norm, dtype, seed), shape)
+
+
+def _random_in_ball(shape, epsilon, norm, dtype, seed):
     if norm == "linf":
         sample = keras.random.uniform(shape, -1.0, 1.0, seed=seed) * epsilon
         return ops.cast(sample, dtype)

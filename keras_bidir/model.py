@@ -286,23 +286,68 @@ class BidirectionalModel(keras.Model):
     def _sites(self, x):
         return Sites(self, x, self.perturb_names)
 
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Keras averages a distributed batch over the replicas before building,
+        # which fails under MultiWorkerMirroredStrategy (keras-team/keras#20585);
+        # one replica's part has the same shapes.
+        if iterator is not None and getattr(self, "_distribute_strategy", None) is not None:
+            for _, _, batches in iterator:
+                data_batch = backend.local_batch(next(batches), self)
+                break
+            iterator = None
+        return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+
+    def _symbolic_build(self, iterator=None, data_batch=None):
+        # Build the adv_* metrics with the model's own (Keras builds only the
+        # compiled ones): creating their variables inside a distributed step
+        # is not possible.
+        adv_metrics = self._adv_compile_metrics
+        if adv_metrics is not None and not adv_metrics.built:
+            if data_batch is None:
+                for _, _, data_or_iterator in iterator:
+                    if isinstance(data_or_iterator, (list, tuple)):
+                        data_batch = data_or_iterator[0]
+                    else:
+                        data_batch = next(data_or_iterator)
+                    break
+            data_batch = tree.map_structure(
+                lambda v: None
+                if v is None
+                else keras.KerasTensor(v.shape, keras.backend.standardize_dtype(v.dtype)),
+                data_batch,
+            )
+            x, y, sample_weight = _unpack(data_batch)
+
+            def build_adv_metrics(x, y, sample_weight):
+                adv_metrics.update_state(y, self(x, training=False), sample_weight)
+                return y
+
+            if y is not None:
+                keras.src.backend.compute_output_spec(build_adv_metrics, x, y, sample_weight)
+        super()._symbolic_build(iterator=iterator, data_batch=data_batch)
+
     def _create_policy_state(self, shapes, dtypes):
         # Created once, before training; reading activation shapes at
         # PerturbationPoints may already have built (and locked) the model,
         # so unlock the tracker as Keras itself does in `_untrack_variable`.
+        # Under tf.distribute the state is one mirrored variable laid out as one
+        # block per replica; every replica works on its own block and the blocks
+        # are gathered back after the step (`backend.replica_block`).
         was_locked = self._tracker.locked
         self._tracker.unlock()
         try:
-            for position, (shape, dtype) in enumerate(zip(shapes, dtypes)):
-                self._policy_state.append(
-                    self.add_weight(
-                        shape=tuple(shape),
-                        initializer="zeros",
-                        dtype=dtype,
-                        trainable=False,
-                        name=f"policy_state_{position}",
+            with backend.strategy_scope(self):
+                for position, (shape, dtype) in enumerate(zip(shapes, dtypes)):
+                    self._policy_state.append(
+                        self.add_weight(
+                            shape=tuple(shape),
+                            initializer="zeros",
+                            dtype=dtype,
+                            trainable=False,
+                            aggregation="only_first_replica",
+                            name=f"policy_state_{position}",
+                        )
                     )
-                )
         finally:
             if was_locked:
                 self._tracker.lock()
@@ -324,7 +369,13 @@ class BidirectionalModel(keras.Model):
             return
         x = tree.map_structure(ops.convert_to_tensor, x)
         clean, _, _ = self._sites(x).record(self, x, training=False)
-        shapes = self.policy.state_shapes([tuple(t.shape) for t in clean])
+        # One block of per-example state per replica, each sized for the
+        # per-replica batch (the global batch split evenly, rounded up).
+        with backend.strategy_scope(self):
+            replicas = backend.num_replicas()
+        rows = -(-int(clean[0].shape[0]) // replicas)
+        shapes = self.policy.state_shapes([(rows,) + tuple(t.shape[1:]) for t in clean])
+        shapes = [(replicas * shape[0],) + tuple(shape[1:]) for shape in shapes]
         dtypes = [keras.backend.standardize_dtype(t.dtype) for t in clean]
         self._create_policy_state(shapes, dtypes)
 
@@ -437,12 +488,9 @@ class BidirectionalModel(keras.Model):
             return
         if not self.optimizer.built:
             self.optimizer.build(weights)
-
-        def apply():
-            self.optimizer.apply(gradients, weights)
-            return ops.convert_to_tensor(True)
-
-        ops.cond(finite, apply, lambda: ops.convert_to_tensor(False))
+        backend.apply_if(
+            finite, lambda grads: self.optimizer.apply(grads, weights), (list(gradients),)
+        )
 
     def _unscale(self, gradients):
         """Input gradients of the unscaled loss (mixed-precision loss scaling)."""
@@ -477,7 +525,8 @@ class BidirectionalModel(keras.Model):
         attack_training = self.attack_mode == "training"
         clean, masks, record_outputs = sites.record(self, x, training=attack_training)
         context = self._context(x, y, sites, clean, masks)
-        state = [ops.convert_to_tensor(v) for v in self._policy_state]
+        # Under a strategy each replica keeps its own block of the policy state.
+        state = [backend.replica_block(ops.convert_to_tensor(v)) for v in self._policy_state]
         adversarial, state = self.policy.generate(context, clean, state)
         adversarial = [ops.stop_gradient(a) for a in apply_masks(clean, adversarial, masks)]
         batch_size = ops.shape(clean[0])[0]
@@ -507,19 +556,22 @@ class BidirectionalModel(keras.Model):
             )
             total, adv_loss, clean_loss, adv_outputs, outputs = aux
             input_grads = self._unscale(input_grads)
-            finite = _all_finite([total] + list(input_grads) + list(weight_grads))
+            # Replicas agree, so that all of them skip a non-finite step together.
+            finite = backend.all_replicas(
+                _all_finite([total] + list(input_grads) + list(weight_grads))
+            )
             if weights and not accumulate:
                 self._apply_if_finite(weight_grads, weights, finite)
             # A skipped (non-finite) step does not enter the epoch's mean losses.
             weight = ops.cast(batch_size, "float32") * ops.cast(finite, "float32")
 
             def kept(value):
+                # Compiled losses are divided by the number of replicas (their
+                # gradients are summed over replicas); log the per-batch mean.
+                value = keras.src.losses.loss.unscale_loss_for_distribution(value)
                 return ops.where(finite, ops.cast(value, "float32"), 0.0)
 
-            self._loss_tracker.update_state(
-                kept(keras.src.losses.loss.unscale_loss_for_distribution(total)),
-                sample_weight=weight,
-            )
+            self._loss_tracker.update_state(kept(total), sample_weight=weight)
             self.adv_loss_tracker.update_state(kept(adv_loss), sample_weight=weight)
             if clean_loss is not None:
                 self.clean_loss_tracker.update_state(kept(clean_loss), sample_weight=weight)
@@ -543,7 +595,15 @@ class BidirectionalModel(keras.Model):
         # run in a graph loop, so the traced graph does not grow with their number.
         adversarial, state, all_finite, step_grads, clean_outputs = replay(adversarial, state)
         accumulated = backend.accumulate(None, step_grads, 1.0 / replays) if accumulate else []
-        if replays > 1:
+        if replays > 1 and backend.distributed():
+            # Under tf.distribute the weight update synchronizes the replicas,
+            # which a graph loop may not contain: unroll the replays.
+            for _ in range(1, replays):
+                adversarial, state, finite, grads, _ = replay(adversarial, state)
+                all_finite = ops.logical_and(all_finite, finite)
+                if accumulate:
+                    accumulated = backend.accumulate(accumulated, grads, 1.0 / replays)
+        elif replays > 1:
 
             def body(_, carry):
                 adv, st, finite_so_far, acc = carry
@@ -560,9 +620,12 @@ class BidirectionalModel(keras.Model):
         if accumulate:
             # FreeLB: the weight gradients of the K ascent steps, averaged, applied once.
             self._apply_if_finite(accumulated, weights, all_finite)
-        self.nonfinite_tracker.update_state(ops.cast(ops.logical_not(all_finite), "float32"))
+        # Each replica adds its share, so a skipped step counts once in the sum.
+        self.nonfinite_tracker.update_state(
+            ops.cast(ops.logical_not(all_finite), "float32") / backend.num_replicas()
+        )
         for variable, value in zip(self._policy_state, state):
-            variable.assign(value)
+            variable.assign(backend.gather_blocks(value))
         if self._compile_metrics is not None and self.clean_metrics:
             if clean_outputs is None:
                 clean_outputs = record_outputs
@@ -571,14 +634,14 @@ class BidirectionalModel(keras.Model):
             if clean_outputs is None:
                 clean_outputs = self(x, training=attack_training)
             self._compile_metrics.update_state(y, clean_outputs, sample_weight)
-        return self.get_metrics_result()
+        return backend.step_logs(self.get_metrics_result())
 
     def test_step(self, data):
         logs = super().test_step(data)
         hidden = self._training_only_metric_names()
-        return {
-            k: v for k, v in logs.items() if k not in hidden and not k.startswith("adv_")
-        }
+        return backend.step_logs(
+            {k: v for k, v in logs.items() if k not in hidden and not k.startswith("adv_")}
+        )
 
     # -- serialization ---------------------------------------------------------------
     def get_config(self):

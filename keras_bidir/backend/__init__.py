@@ -11,6 +11,14 @@ gets one module here exposing the same small set of functions:
 - `function(fn, jit_compile=False)`: compile a Python function into a graph.
 - `accumulate(total, gradients, weight)`: running weighted sum of gradients
   (whatever sparse form the backend produces).
+
+and the distribution helpers (no-ops without a strategy): `distributed`,
+`replica_position`, `num_replicas`, `replica_rows` (this replica's rows of a
+global random draw), `replica_block` / `gather_blocks` (per-replica policy
+state), `local_batch` (one replica's part of a distributed batch),
+`step_logs` (step outputs Keras can reduce over workers), `all_replicas` (replicas agree on a flag), `apply_if` (an optimizer
+update taken only when a flag holds, on every replica alike) and
+`strategy_scope`.
 """
 
 import keras
@@ -19,8 +27,19 @@ _BACKEND = keras.backend.backend()
 
 if _BACKEND == "tensorflow":
     from keras_bidir.backend.tensorflow import accumulate  # noqa: F401
+    from keras_bidir.backend.tensorflow import all_replicas  # noqa: F401
+    from keras_bidir.backend.tensorflow import apply_if  # noqa: F401
+    from keras_bidir.backend.tensorflow import distributed  # noqa: F401
     from keras_bidir.backend.tensorflow import function  # noqa: F401
+    from keras_bidir.backend.tensorflow import gather_blocks  # noqa: F401
     from keras_bidir.backend.tensorflow import input_gradients  # noqa: F401
+    from keras_bidir.backend.tensorflow import local_batch  # noqa: F401
+    from keras_bidir.backend.tensorflow import num_replicas  # noqa: F401
+    from keras_bidir.backend.tensorflow import replica_block  # noqa: F401
+    from keras_bidir.backend.tensorflow import replica_position  # noqa: F401
+    from keras_bidir.backend.tensorflow import replica_rows  # noqa: F401
+    from keras_bidir.backend.tensorflow import step_logs  # noqa: F401
+    from keras_bidir.backend.tensorflow import strategy_scope  # noqa: F401
     from keras_bidir.backend.tensorflow import value_and_gradients  # noqa: F401
 else:  # pragma: no cover - exercised only under other backends.
 
@@ -31,4 +50,21 @@ else:  # pragma: no cover - exercised only under other backends.
             "variable KERAS_BACKEND=tensorflow before importing keras."
         )
 
-    accumulate = function = input_gradients = value_and_gradients = _unsupported
+    for _name in (
+        "accumulate",
+        "all_replicas",
+        "apply_if",
+        "distributed",
+        "function",
+        "gather_blocks",
+        "input_gradients",
+        "local_batch",
+        "num_replicas",
+        "replica_block",
+        "replica_position",
+        "replica_rows",
+        "step_logs",
+        "strategy_scope",
+        "value_and_gradients",
+    ):
+        globals()[_name] = _unsupported

@@ -65,3 +65,164 @@ def accumulate(total, gradients, weight):
     if total is None:
         return scaled
     return [t + g for t, g in zip(total, scaled)]
+
+
+# -- tf.distribute -----------------------------------------------------------------
+# A training step under a strategy runs once per replica. These helpers are the
+# only places that know about replicas; without a strategy they are no-ops.
+
+
+def distributed():
+    """True inside a `tf.distribute` strategy (its scope or one of its replicas)."""
+    return tf.distribute.has_strategy()
+
+
+def replica_position():
+    """`(replica_id, num_replicas)` of the running replica; `(0, 1)` without a strategy."""
+    if not tf.distribute.has_strategy() or tf.distribute.in_cross_replica_context():
+        return 0, 1
+    context = tf.distribute.get_replica_context()
+    return context.replica_id_in_sync_group, context.num_replicas_in_sync
+
+
+def num_replicas():
+    """Replicas of the current strategy (1 without one)."""
+    return tf.distribute.get_strategy().num_replicas_in_sync
+
+
+def replica_rows(draw, shape):
+    """This replica's rows of `draw(global_shape)`.
+
+    Random starts and noise are drawn for the whole global batch (every replica
+    uses the same seed) and each replica keeps its own rows, so a replica sees
+    exactly the numbers single-device training would give its examples.
+
+    Args:
+        draw: callable taking a shape and returning a tensor of that shape.
+        shape: the per-replica shape, batch axis first.
+    """
+    replica, replicas = replica_position()
+    if replicas == 1:
+        return draw(shape)
+    shape = tuple(shape)
+    rows = shape[0]
+    full = draw((rows * replicas,) + shape[1:])
+    return full[replica * rows:(replica + 1) * rows]
+
+
+def replica_block(tensor):
+    """This replica's block of a tensor laid out as `num_replicas` equal blocks."""
+    replica, replicas = replica_position()
+    if replicas == 1:
+        return tensor
+    capacity = tensor.shape[0]
+    if capacity % replicas:
+        raise ValueError(
+            f"The policy state holds {capacity} rows, which do not split evenly over "
+            f"{replicas} replicas. Build the model's policy state under the strategy "
+            "(call fit() or build_policy_state() on a model created in strategy.scope()), "
+            "or use a global batch size divisible by the number of replicas."
+        )
+    rows = capacity // replicas
+    return tensor[replica * rows:(replica + 1) * rows]
+
+
+def gather_blocks(tensor):
+    """Inverse of `replica_block`: every replica's block, concatenated in replica order."""
+    _, replicas = replica_position()
+    if replicas == 1:
+        return tensor
+    return tf.distribute.get_replica_context().all_gather(tensor, axis=0)
+
+
+def all_replicas(flag):
+    """A scalar bool that is True only if `flag` is True on every replica."""
+    _, replicas = replica_position()
+    if replicas == 1:
+        return flag
+    failures = tf.distribute.get_replica_context().all_reduce(
+        tf.distribute.ReduceOp.SUM, 1.0 - tf.cast(flag, tf.float32)
+    )
+    return failures < 0.5
+
+
+def apply_if(flag, apply, args):
+    """Runs `apply(*args)` (an optimizer update) only where `flag` is True.
+
+    Under a strategy the replicas first agree on `flag`; the condition is then
+    taken in the cross-replica context, because a branch of a replica-context
+    `cond` may not contain the optimizer's gradient all-reduce.
+
+    Args:
+        flag: scalar bool tensor.
+        apply: callable returning nothing; it may synchronize replicas.
+        args: tuple of tensor structures passed to `apply`.
+    """
+
+    def run(*values):
+        apply(*values)
+        return tf.constant(True)
+
+    def skip():
+        return tf.constant(False)
+
+    if not tf.distribute.has_strategy():
+        tf.cond(flag, lambda: run(*args), skip)
+        return
+    flag = all_replicas(flag)
+    if tf.__internal__.distribute.strategy_supports_no_merge_call():
+        tf.cond(flag, lambda: run(*args), skip)
+        return
+
+    def cross_replica(strategy, flag, *values):
+        # The replicas agreed on `flag`: read it back per replica and take the
+        # first (the predicate must be a cross-replica tensor).
+        agreed = strategy.extended.call_for_each_replica(tf.identity, args=(flag,))
+        first = strategy.experimental_local_results(agreed)[0]
+
+        def run_each():
+            strategy.extended.call_for_each_replica(apply, args=values)
+            return tf.constant(True)
+
+        tf.cond(first, run_each, skip)
+
+    tf.distribute.get_replica_context().merge_call(cross_replica, args=(flag,) + tuple(args))
+
+
+def local_batch(batch, model):
+    """One replica's part of a distributed batch (the batch itself if not distributed).
+
+    Keras builds metrics from a batch that it first averages over replicas; under
+    `MultiWorkerMirroredStrategy` that average is a collective op run eagerly,
+    which fails (keras-team/keras#20585). One replica's part has the same
+    per-example shapes and needs no communication.
+    """
+
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(local_batch(value, model) for value in batch)
+    if isinstance(batch, dict):
+        return {key: local_batch(value, model) for key, value in batch.items()}
+    # The first local replica's value (a plain tensor is its own only value).
+    return model.distribute_strategy.experimental_local_results(batch)[0]
+
+
+def step_logs(logs):
+    """The logs a train / test step returns, in a form Keras can reduce over replicas.
+
+    Under multi-worker `MultiWorkerMirroredStrategy` Keras reduces step outputs
+    with `strategy.reduce("MEAN", value, axis=0)`, which rejects scalars
+    (keras-team/keras#20585). The values (aggregated metric results, equal on
+    every replica) get a length-1 axis there, which that reduction removes.
+    """
+    from keras.src.backend.tensorflow.trainer import _collective_all_reduce_multi_worker
+
+    if not _collective_all_reduce_multi_worker(tf.distribute.get_strategy()):
+        return logs
+    return {key: tf.reshape(value, [1]) if value.shape.rank == 0 else value
+            for key, value in ((k, tf.convert_to_tensor(v)) for k, v in logs.items())}
+
+
+def strategy_scope(model):
+    """The scope in which `model`'s variables live (its distribution strategy's)."""
+    strategy = getattr(model, "distribute_strategy", None) or tf.distribute.get_strategy()
+    return strategy.scope()

@@ -3,6 +3,7 @@
 import keras
 from keras import ops
 
+from keras_bidir import backend
 from keras_bidir.layers import expand_mask
 from keras_bidir.policies.base import check_count
 from keras_bidir.policies.base import check_positive
@@ -52,7 +53,10 @@ class FreeLB(_BallPolicy):
         return self.steps
 
     def _init(self, context, x, mask, scale):
-        noise = keras.random.uniform(ops.shape(x), -1.0, 1.0, seed=context.seed)
+        noise = backend.replica_rows(
+            lambda shape: keras.random.uniform(shape, -1.0, 1.0, seed=context.seed),
+            ops.shape(x),
+        )
         noise = ops.cast(noise, x.dtype)
         if mask is not None:
             noise = noise * expand_mask(mask, noise)

@@ -2,6 +2,7 @@
 
 import keras
 
+from keras_bidir import backend
 from keras_bidir import constraints
 from keras_bidir.policies.base import InputPolicy
 from keras_bidir.policies.base import check_positive
@@ -17,7 +18,8 @@ class GaussianNoise(InputPolicy):
     Args:
         stddev: standard deviation of the noise.
         epsilon: optional L∞ bound on the noise (None: unbounded).
-        clip_min, clip_max: the valid data range, or None.
+        **kwargs: `clip_min` and `clip_max` (the valid data range, or None),
+            `direction` (+1 ascends the loss, -1 descends it) and `seed`.
 
     Example:
 
@@ -35,8 +37,11 @@ class GaussianNoise(InputPolicy):
     def generate(self, context, inputs, state):
         adversarial = []
         for x, clip in zip(inputs, context.clip(len(inputs))):
-            noise = keras.random.normal(
-                keras.ops.shape(x), stddev=self.stddev, dtype="float32", seed=context.seed
+            noise = backend.replica_rows(
+                lambda shape: keras.random.normal(
+                    shape, stddev=self.stddev, dtype="float32", seed=context.seed
+                ),
+                keras.ops.shape(x),
             )
             noise = keras.ops.cast(noise, x.dtype) * keras.ops.cast(context.scale, x.dtype)
             if self.epsilon is not None:
