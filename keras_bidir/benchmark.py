@@ -287,6 +287,56 @@ def build_parser(parser=None):
     return parser
 
 
+def _pyplot():
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    return plt
+
+
+def plot(payload, path):
+    """Draws a bench JSON payload (speed or quality) as a PNG; False without matplotlib."""
+    plt = _pyplot()
+    if plt is None:
+        return False
+    if payload["mode"] == "speed":
+        names = list(payload["ratio_to_plain"])
+        ratios = [payload["ratio_to_plain"][n] for n in names]
+        per_update = [r / payload["weight_updates_per_step"][n] for r, n in zip(ratios, names)]
+        figure, axis = plt.subplots(figsize=(6.5, 3.6))
+        positions = range(len(names))
+        axis.bar([p - 0.2 for p in positions], ratios, width=0.4, label="per step")
+        axis.bar([p + 0.2 for p in positions], per_update, width=0.4, label="per weight update")
+        axis.axhline(1.0, color="black", linewidth=1)
+        axis.set_xticks(list(positions), names, rotation=30, ha="right")
+        axis.set_ylabel("step time / plain fit()")
+        axis.set_title(f"median step time ({payload['machine']['device']})", fontsize=9)
+    else:
+        rows = payload["rows"]
+        figure, axis = plt.subplots(figsize=(6.0, 3.8))
+        plain_seconds = rows["plain"]["train_seconds"]
+        for name, row in rows.items():
+            cost = row["train_seconds"] / plain_seconds
+            axis.scatter(cost, 100 * row["worst_case_accuracy"], s=40)
+            axis.annotate(f"{name} ({100 * row['clean_accuracy']:.0f}% clean)",
+                          (cost, 100 * row["worst_case_accuracy"]), fontsize=8,
+                          xytext=(4, 3), textcoords="offset points")
+        axis.set_xlabel("training time / plain training")
+        axis.set_ylabel("worst-case robust accuracy (%)")
+        axis.set_title("digits protocol, L∞ ε = 0.2", fontsize=9)
+    axis.grid(alpha=0.3)
+    if payload["mode"] == "speed":
+        axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return True
+
+
 def run(args):
     if args.child_memory:
         _child_memory(args.child_memory, args.batch_size, args.steps)
@@ -328,6 +378,8 @@ def run(args):
     with open(path, "w") as handle:
         json.dump(payload, handle, indent=2)
     print(f"\nJSON: {path}")
+    if plot(payload, path[: -len(".json")] + ".png"):
+        print(f"Plot: {path[: -len('.json')]}.png")
     return 0
 
 

@@ -192,7 +192,8 @@ class CatastrophicOverfittingGuard(keras.callbacks.Callback):
     as `co_guard_events`.
 
     Args:
-        x, y: the held training batch.
+        x: the held training batch (inputs).
+        y: its labels.
         attack: the detecting attack; default PGD-10 at the policy's ε.
         check_every: also check every N training steps (None: epoch ends only).
         min_drop: absolute accuracy drop that counts as a collapse.
@@ -337,7 +338,8 @@ class PerturbationStats(keras.callbacks.Callback):
     fraction of examples whose predicted class the perturbation changes).
 
     Args:
-        x, y: the held batch.
+        x: the held batch (inputs).
+        y: its labels.
         every: log every `every` epochs.
     """
 

@@ -183,7 +183,8 @@ def load_text(name, data_dir=None, download=True, limit=None):
 
     Args:
         name: TFDS name.
-        data_dir, download: as for `tfds.load`.
+        data_dir: TFDS data directory, as for `tfds.load`.
+        download: let TFDS download missing data, as for `tfds.load`.
         limit: optional number of examples per split.
 
     Returns:

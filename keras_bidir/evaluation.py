@@ -100,7 +100,8 @@ def correct_under_attack(model, x, y, attack, batch_size=512, loss=None, seed=0,
 
     Args:
         model: the classifier.
-        x, y: arrays (x may be a list / dict of arrays).
+        x: input arrays (a list / dict of arrays for multi-input models).
+        y: labels.
         attack: an `InputPolicy`, or None for clean accuracy.
         batch_size: examples per attack batch.
         loss: optional loss to ascend instead of the model's.
@@ -351,8 +352,9 @@ def evaluate_robustness(
         attacks: None for `default_attacks`, or `{name: policy_at_any_epsilon}`;
             each is re-scaled to every ε (step sizes scale along).
         norm: `"linf"` or `"l2"` for the default attacks.
-        clip_min, clip_max: the valid data range. Defaults to the range of a
+        clip_min: lower end of the valid data range. Defaults to that of a
             BidirectionalModel's policy, else open.
+        clip_max: upper end of the valid data range (same default).
         batch_size: examples per attack batch.
         checks: run the gradient-masking checks.
         seed: seed of the attacks' random starts.

@@ -81,8 +81,8 @@ class PerturbationPoint(keras.layers.Layer):
     also names inputs.
 
     Args:
-        name: the point's name (used by `BidirectionalModel(perturb=[...])`).
-        **kwargs: other `keras.layers.Layer` arguments.
+        **kwargs: `keras.layers.Layer` arguments; `name` is the point's name,
+            used by `BidirectionalModel(perturb=[...])`.
 
     Example:
 

@@ -28,3 +28,18 @@ def test_bench_speed_smoke(tmp_path, capsys):
 def test_cpu_memory_child_reports_a_footprint():
     result = benchmark.measure_cpu_memory(["plain"], batch_size=64, steps=2)
     assert result["plain"]["delta_mib"] > 0
+
+
+def test_plots_are_drawn_from_the_bench_json(tmp_path):
+    from keras_bidir import benchmark
+
+    speed = {"mode": "speed", "machine": {"device": "CPU"},
+             "ratio_to_plain": {"plain": 1.0, "free4": 4.0},
+             "weight_updates_per_step": {"plain": 1, "free4": 4}}
+    quality = {"mode": "quality", "rows": {
+        "plain": {"train_seconds": 10.0, "clean_accuracy": 0.99, "worst_case_accuracy": 0.01},
+        "pgd7": {"train_seconds": 40.0, "clean_accuracy": 0.98, "worst_case_accuracy": 0.6}}}
+    for name, payload in (("speed", speed), ("quality", quality)):
+        path = tmp_path / f"{name}.png"
+        assert benchmark.plot(payload, str(path))
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

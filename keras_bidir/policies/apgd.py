@@ -49,7 +49,8 @@ class APGD(_BallPolicy):
         rho: the success fraction below which the step size is halved.
         momentum: α of the momentum update.
         norm: `"linf"` or `"l2"`.
-        clip_min, clip_max: the valid data range, or None.
+        **kwargs: `clip_min` and `clip_max` (the valid data range, or None),
+            `direction` (+1 ascends the loss, -1 descends it) and `seed`.
 
     Example:
 

@@ -43,8 +43,8 @@ class FreeAdversarial(_BallPolicy):
         replays: m, weight updates per minibatch (>= 1).
         step_size: the perturbation step; defaults to ε, as in the paper.
         norm: `"linf"` or `"l2"`.
-        clip_min, clip_max: the valid data range, or None.
-        direction: +1 ascend the loss, -1 descend it.
+        **kwargs: `clip_min` and `clip_max` (the valid data range, or None),
+            `direction` (+1 ascends the loss, -1 descends it) and `seed`.
 
     Example:
 

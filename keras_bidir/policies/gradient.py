@@ -34,8 +34,8 @@ class FGSM(_BallPolicy):
     Args:
         epsilon: radius of the perturbation ball.
         norm: `"linf"` or `"l2"`.
-        clip_min, clip_max: the valid data range, or None.
-        direction: +1 ascend the loss, -1 descend it.
+        **kwargs: `clip_min` and `clip_max` (the valid data range, or None),
+            `direction` (+1 ascends the loss, -1 descends it) and `seed`.
 
     Example:
 
@@ -61,8 +61,8 @@ class RandomFGSM(_BallPolicy):
         epsilon: radius of the perturbation ball.
         step_size: α; defaults to 1.25·ε.
         norm: `"linf"` or `"l2"`.
-        clip_min, clip_max: the valid data range, or None.
-        direction: +1 ascend the loss, -1 descend it.
+        **kwargs: `clip_min` and `clip_max` (the valid data range, or None),
+            `direction` (+1 ascends the loss, -1 descends it) and `seed`.
     """
 
     def __init__(self, epsilon, step_size=None, norm="linf", **kwargs):
@@ -99,8 +99,8 @@ class PGD(_BallPolicy):
         random_start: start from a uniform point of the ball instead of x.
         restarts: independent random restarts (>= 1).
         norm: `"linf"` or `"l2"`.
-        clip_min, clip_max: the valid data range, or None.
-        direction: +1 ascend the loss, -1 descend it.
+        **kwargs: `clip_min` and `clip_max` (the valid data range, or None),
+            `direction` (+1 ascends the loss, -1 descends it) and `seed`.
 
     Example:
 
