@@ -25,6 +25,8 @@ import subprocess
 import sys
 import time
 
+_SPATIAL = "[keras.layers.RandomTranslation(0.1, 0.1), keras.layers.RandomRotation(0.05)]"
+
 CONFIGS = {
     # name: (policy factory source, weight updates per batch, target ratio per batch or None)
     "plain": None,
@@ -35,6 +37,12 @@ CONFIGS = {
     "pgd7": "policies.PGD(0.2, steps=7, clip_min=0.0, clip_max=1.0)",
     "free4": "policies.FreeAdversarial(0.2, replays=4, clip_min=0.0, clip_max=1.0)",
     "freelb3": "policies.FreeLB(0.2, steps=3, norm='linf')",
+    "trades7": "policies.TRADES(0.2, beta=6.0, steps=7, clip_min=0.0, clip_max=1.0)",
+    "vat": "policies.VAT(1.0)",
+    "augment": f"policies.Augment({_SPATIAL}, clip_min=0.0, clip_max=1.0)",
+    "worst_of_4": f"policies.WorstOfK({_SPATIAL}, k=4, clip_min=0.0, clip_max=1.0)",
+    "augment_pgd3": (f"policies.Compose([policies.Augment({_SPATIAL}), "
+                     "policies.PGD(0.2, steps=3, clip_min=0.0, clip_max=1.0)])"),
 }
 
 
@@ -61,7 +69,7 @@ def _build(name, seed=0, jit_compile="auto"):
     if CONFIGS[name] is None:
         model = base
     else:
-        model = BidirectionalModel(base, eval(CONFIGS[name], {"policies": policies}), seed=seed)
+        model = BidirectionalModel(base, eval(CONFIGS[name], {"policies": policies, "keras": keras}), seed=seed)
     model.compile(
         optimizer=keras.optimizers.Adam(1e-3),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),

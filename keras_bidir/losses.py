@@ -129,3 +129,27 @@ def dlr_loss(y_true, logits):
     ordered = ops.sort(logits, axis=-1)
     scale = ordered[:, -1] - ordered[:, -3] + 1e-12
     return margin / scale
+
+
+def log_probabilities(outputs, from_logits=True):
+    """Log class probabilities (float32) from logits or from probabilities."""
+    outputs = ops.cast(outputs, "float32")
+    if from_logits:
+        return ops.log_softmax(outputs, axis=-1)
+    return ops.log(ops.clip(outputs, 1e-7, 1.0))
+
+
+def kl_divergence(reference, outputs, from_logits=True):
+    """Per-example KL(p_reference ‖ p_outputs), summed over classes.
+
+    Args:
+        reference: model outputs defining p (logits or probabilities).
+        outputs: model outputs defining q.
+        from_logits: whether both are logits.
+
+    Returns:
+        A `(batch,)` float32 tensor, >= 0.
+    """
+    log_p = log_probabilities(reference, from_logits)
+    log_q = log_probabilities(outputs, from_logits)
+    return ops.sum(ops.exp(log_p) * (log_p - log_q), axis=-1)

@@ -35,3 +35,23 @@ class PrefixedCompileMetrics(CompileMetrics):
         if not self.built:
             return {}
         return {f"{self.prefix}{k}": v for k, v in super().result().items()}
+
+
+def update_labeled(container, y_true, y_pred, labeled, sample_weight=None):
+    """Updates a compiled-metrics container on the labeled examples only.
+
+    Keras' `metrics=` ignore sample weights, so a batch mixing unlabeled
+    examples (VAT) would count them as errors; here every metric is weighted
+    by the 0/1 `labeled` mask (times `sample_weight` for `weighted_metrics`).
+    """
+    if not container.built:
+        container.build(y_true, y_pred)
+    y_true = container._flatten_y(y_true)
+    y_pred = container._flatten_y(y_pred)
+    weighted = labeled if sample_weight is None else labeled * sample_weight
+    for metric, y_t, y_p in zip(container._flat_metrics, y_true, y_pred):
+        if metric:
+            metric.update_state(y_t, y_p, sample_weight=labeled)
+    for metric, y_t, y_p in zip(container._flat_weighted_metrics, y_true, y_pred):
+        if metric:
+            metric.update_state(y_t, y_p, sample_weight=weighted)

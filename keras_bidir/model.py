@@ -16,6 +16,7 @@ from keras_bidir import losses as losses_lib
 from keras_bidir import policies as policies_lib
 from keras_bidir.metrics import PrefixedCompileMetrics
 from keras_bidir.metrics import clone_metric_spec
+from keras_bidir.metrics import update_labeled
 from keras_bidir.policies.base import PerturbationContext
 from keras_bidir.policies.base import site_objective
 from keras_bidir.sites import Sites
@@ -37,6 +38,14 @@ def _all_finite(tensors):
         values = getattr(tensor, "values", tensor)  # tf.IndexedSlices
         checks.append(ops.all(ops.isfinite(ops.cast(values, "float32"))))
     return ops.all(ops.stack(checks)) if checks else ops.convert_to_tensor(True)
+
+
+def _mean_loss(per_example, sample_weight):
+    """Batch mean of a per-example loss, as Keras reduces compiled losses."""
+    per_example = ops.cast(per_example, "float32")
+    if sample_weight is not None:
+        per_example = per_example * ops.reshape(ops.cast(sample_weight, "float32"), (-1,))
+    return keras.src.losses.loss.scale_loss_for_distribution(ops.mean(per_example))
 
 
 def _check_weight(name, value):
@@ -93,7 +102,9 @@ class BidirectionalModel(keras.Model):
             is what you deploy: `model.base_model.save(...)`.
         policy: an `keras_bidir.policies.InputPolicy`, or a policy name.
         adversarial_weight: λ, weight of the loss on perturbed inputs (> 0).
-        clean_weight: c, weight of the loss on clean inputs (>= 0).
+        clean_weight: c, weight of the loss on clean inputs (>= 0). None
+            (the default) takes the policy's own default: 0 for the
+            adversarial-training policies, 1 for TRADES and VAT.
         perturb: optional list of input names (dict keys or model input
             names) to perturb; default: every floating-point input.
         attack_mode: `"inference"` (default) runs the model with
@@ -136,7 +147,7 @@ class BidirectionalModel(keras.Model):
         base_model,
         policy,
         adversarial_weight=1.0,
-        clean_weight=0.0,
+        clean_weight=None,
         perturb=None,
         attack_mode="inference",
         clean_metrics=True,
@@ -163,7 +174,15 @@ class BidirectionalModel(keras.Model):
                 "adversarial_weight must be > 0: with 0 the policy has no effect. "
                 "Train the base model directly for ordinary training."
             )
+        if clean_weight is None:
+            clean_weight = float(getattr(self.policy, "default_clean_weight", 0.0))
         self.clean_weight = _check_weight("clean_weight", clean_weight)
+        if self.clean_weight == 0 and getattr(self.policy, "default_clean_weight", 0.0) > 0:
+            raise ValueError(
+                f"{type(self.policy).__name__} trains on the clean loss plus its own "
+                "divergence term: clean_weight must be > 0 (leave it unset for the "
+                f"policy's default, {self.policy.default_clean_weight})."
+            )
         if perturb is not None:
             perturb = [perturb] if isinstance(perturb, str) else list(perturb)
         self.perturb_names = perturb
@@ -391,6 +410,15 @@ class BidirectionalModel(keras.Model):
         labels = np.asarray(y)
         if not np.issubdtype(labels.dtype, np.integer) or labels.size == 0 or classes is None:
             return
+        if getattr(self.policy, "accepts_unlabeled", False):
+            if labels.min() < -1:
+                raise ValueError(
+                    f"Labels must lie in [0, {classes}), or be -1 for unlabeled examples "
+                    f"({type(self.policy).__name__}), but y has {int(labels.min())}."
+                )
+            labels = labels[labels >= 0]
+            if labels.size == 0:
+                return
         low, high = int(labels.min()), int(labels.max())
         if low < 0 or high >= classes:
             raise ValueError(
@@ -480,6 +508,34 @@ class BidirectionalModel(keras.Model):
         adversarial = self.policy.attack(self._context(x, y, sites, clean, masks), clean)
         return inputs_lib.replace_inputs(x, sites.input_indices, adversarial)
 
+    def _labeled(self, y, sample_weight):
+        """`(labels, label sample weights, loss scale, labeled mask)` for batches with label -1.
+
+        Policies that accept unlabeled examples get -1 labels replaced by 0 with
+        sample weight 0, and the label losses rescaled to a mean over the labeled
+        examples. Other policies get the batch unchanged.
+        """
+        if y is None or not self.policy.accepts_unlabeled or isinstance(y, (list, tuple, dict)):
+            return y, sample_weight, 1.0, None
+        if "int" not in keras.backend.standardize_dtype(y.dtype):
+            return y, sample_weight, 1.0, None
+        labeled = ops.reshape(y >= 0, (-1,))
+        mask = ops.cast(labeled, "float32")
+        weight = mask
+        if sample_weight is not None:
+            weight = weight * ops.reshape(ops.cast(sample_weight, "float32"), (-1,))
+        scale = ops.cast(ops.size(weight), "float32") / ops.maximum(
+            ops.sum(ops.cast(labeled, "float32")), 1.0)
+        return ops.where(y >= 0, y, ops.zeros_like(y)), weight, scale, mask
+
+    def _moving_statistics(self):
+        """BatchNorm moving means and variances of the base model."""
+        variables = []
+        for layer in self.base_model._flatten_layers(include_self=True):
+            if isinstance(layer, keras.layers.BatchNormalization):
+                variables += [layer.moving_mean, layer.moving_variance]
+        return variables
+
     def _apply_if_finite(self, gradients, weights, finite):
         """Applies the weight gradients unless the step produced NaN or Inf."""
         if isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer):
@@ -521,6 +577,16 @@ class BidirectionalModel(keras.Model):
             if not self.built or not self.trainable_weights:
                 self(x, training=False)
             self.optimizer.build(self.trainable_weights)
+        # Semi-supervised policies (VAT): label -1 marks an unlabeled example; it is
+        # left out of the label losses and metrics, which average over the labeled.
+        y, label_weight, label_scale, labeled = self._labeled(y, sample_weight)
+
+        def update_metrics(container, outputs):
+            if labeled is None:
+                container.update_state(y, outputs, sample_weight)
+            else:
+                update_labeled(container, y, outputs, labeled, sample_weight)
+
         sites = self._sites(x)
         attack_training = self.attack_mode == "training"
         clean, masks, record_outputs = sites.record(self, x, training=attack_training)
@@ -533,19 +599,31 @@ class BidirectionalModel(keras.Model):
         weights = self.trainable_weights
         replays = self.policy.replays
         accumulate = bool(getattr(self.policy, "accumulate_gradients", False)) and bool(weights)
+        statistics = self._moving_statistics() if self.policy.freeze_statistics else []
 
         def replay(adversarial, state):
             """One weight step: ONE gradient for the weights and the sites."""
 
             def objective(tensors):
+                frozen = [ops.copy(ops.convert_to_tensor(v)) for v in statistics]  # a snapshot
                 adv_outputs = sites.forward(self, x, tensors, clean, masks, training=True)
-                adv_loss = self._compile_loss(y, adv_outputs, sample_weight)
-                total = adv_loss * self.adversarial_weight
+                for variable, value in zip(statistics, frozen):
+                    variable.assign(value)  # the perturbed pass leaves BatchNorm's statistics
                 clean_loss, outputs = None, None
                 if self.clean_weight > 0:
                     outputs = self(x, training=True)
-                    clean_loss = self._compile_loss(y, outputs, sample_weight)
-                    total = total + clean_loss * self.clean_weight
+                    if y is not None:
+                        clean_loss = self._compile_loss(y, outputs, label_weight) * label_scale
+                        total = clean_loss * self.clean_weight
+                policy_loss = self.policy.adversarial_loss(y, outputs, adv_outputs)
+                if policy_loss is None:
+                    adv_loss = self._compile_loss(y, adv_outputs, label_weight) * label_scale
+                else:
+                    adv_loss = _mean_loss(policy_loss, sample_weight)
+                if clean_loss is None:
+                    total = adv_loss * self.adversarial_weight
+                else:
+                    total = total + adv_loss * self.adversarial_weight
                 for extra in self.losses:
                     total = total + self._aggregate_additional_loss(extra)
                 scaled = total if self.optimizer is None else self.optimizer.scale_loss(total)
@@ -578,8 +656,8 @@ class BidirectionalModel(keras.Model):
             self.perturbation_norm_tracker.update_state(
                 self._perturbation_norm(clean, adversarial)
             )
-            if self._adv_compile_metrics is not None:
-                self._adv_compile_metrics.update_state(y, adv_outputs, sample_weight)
+            if self._adv_compile_metrics is not None and y is not None:
+                update_metrics(self._adv_compile_metrics, adv_outputs)
             moved, moved_state = self.policy.update(
                 context, clean, adversarial, input_grads, state
             )
@@ -633,7 +711,8 @@ class BidirectionalModel(keras.Model):
                 clean_outputs = context.clean_outputs
             if clean_outputs is None:
                 clean_outputs = self(x, training=attack_training)
-            self._compile_metrics.update_state(y, clean_outputs, sample_weight)
+            if y is not None:
+                update_metrics(self._compile_metrics, clean_outputs)
         return backend.step_logs(self.get_metrics_result())
 
     def test_step(self, data):

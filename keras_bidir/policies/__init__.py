@@ -3,8 +3,14 @@
 import keras
 
 from keras_bidir.policies.apgd import APGD
+from keras_bidir.policies.augment import Augment
+from keras_bidir.policies.augment import WorstOfK
 from keras_bidir.policies.base import InputPolicy
 from keras_bidir.policies.base import PerturbationContext
+from keras_bidir.policies.compose import Compose
+from keras_bidir.policies.compose import RandomChoice
+from keras_bidir.policies.divergence import TRADES
+from keras_bidir.policies.divergence import VAT
 from keras_bidir.policies.embedding import FreeLB
 from keras_bidir.policies.free import FreeAdversarial
 from keras_bidir.policies.gradient import FGSM
@@ -21,6 +27,8 @@ _BY_NAME = {
     "free_adversarial": FreeAdversarial,
     "freelb": FreeLB,
     "gaussian_noise": GaussianNoise,
+    "trades": TRADES,
+    "vat": VAT,
 }
 
 
@@ -67,6 +75,12 @@ __all__ = [
     "FreeAdversarial",
     "FreeLB",
     "GaussianNoise",
+    "TRADES",
+    "VAT",
+    "Augment",
+    "WorstOfK",
+    "Compose",
+    "RandomChoice",
     "get",
     "names",
 ]

@@ -67,11 +67,19 @@ class PerturbationContext:
         """Per-site padding masks (None where unmasked) for `count` sites."""
         return list(self._masks) if self._masks is not None else [None] * count
 
-    def loss_and_gradients(self, adversarial):
-        """Per-example loss, gradients w.r.t. `adversarial`, and model outputs."""
+    def loss_and_gradients(self, adversarial, loss_fn=None):
+        """Per-example loss, gradients w.r.t. `adversarial`, and model outputs.
+
+        Args:
+            adversarial: list of site values.
+            loss_fn: optional `outputs -> per-example loss` to differentiate
+                instead of the attack loss (TRADES' and VAT's divergences).
+        """
 
         def total(tensors):
             per_example, outputs = self._objective(tensors)
+            if loss_fn is not None:
+                per_example = loss_fn(outputs)
             return ops.sum(per_example), (per_example, outputs)
 
         _, (per_example, outputs), grads = backend.input_gradients(total, adversarial)
@@ -81,10 +89,23 @@ class PerturbationContext:
             self.clean_outputs = outputs
         return per_example, grads, outputs
 
-    def loss(self, adversarial):
-        """Per-example loss at `adversarial`, without gradients."""
-        per_example, _ = self._objective(adversarial)
+    def loss(self, adversarial, repeats=1):
+        """Per-example loss at `adversarial`, without gradients.
+
+        Args:
+            adversarial: list of site values.
+            repeats: the site values hold `repeats` copies of the batch
+                stacked along the batch axis (several candidates per example,
+                evaluated in one forward pass); labels and the other inputs are
+                repeated to match.
+        """
+        per_example, _ = self._objective(adversarial, repeats)
         return per_example
+
+    def outputs(self, adversarial):
+        """Model outputs at `adversarial` (in the attack's mode), without gradients."""
+        _, outputs = self._objective(adversarial)
+        return keras.tree.map_structure(ops.stop_gradient, outputs)
 
 
 class InputPolicy:
@@ -111,6 +132,14 @@ class InputPolicy:
     requires_labels = True
     #: The norm used to report `perturbation_norm`.
     norm = "linf"
+    #: `clean_weight` a BidirectionalModel uses when none is given (TRADES and
+    #: VAT need the clean loss term).
+    default_clean_weight = 0.0
+    #: Whether unlabeled examples (label -1) may be mixed into the batches (VAT).
+    accepts_unlabeled = False
+    #: Whether the perturbed pass of the weight step must leave BatchNorm's
+    #: moving statistics untouched (VAT).
+    freeze_statistics = False
 
     def __init__(self, clip_min=None, clip_max=None, direction=1, seed=None):
         for name, value in (("clip_min", clip_min), ("clip_max", clip_max)):
@@ -164,6 +193,17 @@ class InputPolicy:
 
     def attack_loss(self):
         """A per-example loss this policy ascends instead of the compiled one, or None."""
+        return None
+
+    def adversarial_loss(self, y, clean_outputs, adversarial_outputs):
+        """The per-example loss term on perturbed inputs, or None for the compiled loss.
+
+        Args:
+            y: the labels.
+            clean_outputs: model outputs on clean inputs, from the weight
+                step's own tape (None when `clean_weight` is 0).
+            adversarial_outputs: model outputs on the perturbed inputs.
+        """
         return None
 
     def attack(self, context, inputs):
@@ -327,13 +367,25 @@ def resolve_attack_loss(model, y, loss=None):
     return losses_lib.per_example_loss_fn(losses_lib.default_classification_loss(model, y))
 
 
-def site_objective(model, x, y, sites, clean, masks, per_example_loss, training=False):
-    """`objective(site_values) -> (per_example_loss, outputs)` for one batch."""
+def _repeat(structure, repeats):
+    """Every tensor of `structure` stacked `repeats` times along the batch axis."""
+    if repeats == 1:
+        return structure
+    return keras.tree.map_structure(
+        lambda t: None if t is None else ops.concatenate([t] * repeats, axis=0), structure
+    )
 
-    def objective(tensors):
-        outputs = sites.forward(model, x, tensors, clean, masks, training)
+
+def site_objective(model, x, y, sites, clean, masks, per_example_loss, training=False):
+    """`objective(site_values, repeats=1) -> (per_example_loss, outputs)` for one batch."""
+
+    def objective(tensors, repeats=1):
+        outputs = sites.forward(
+            model, _repeat(x, repeats), tensors, _repeat(list(clean), repeats),
+            [_repeat(m, repeats) for m in masks], training,
+        )
         if per_example_loss is None:
             return ops.zeros((ops.shape(tensors[0])[0],)), outputs
-        return per_example_loss(y, outputs), outputs
+        return per_example_loss(_repeat(y, repeats), outputs), outputs
 
     return objective
