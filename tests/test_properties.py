@@ -22,27 +22,43 @@ def make_policy(kind, epsilon, norm):
         "apgd": lambda: policies.APGD(epsilon, steps=3, norm=norm, **clip),
         "freelb": lambda: policies.FreeLB(epsilon, steps=2, norm=norm, **clip),
         "noise": lambda: policies.GaussianNoise(epsilon, epsilon=epsilon, **clip),
+        "trades": lambda: policies.TRADES(epsilon, steps=2, norm=norm, **clip),
+        "vat": lambda: policies.VAT(epsilon, xi=1e-3, **clip),
+        "compose": lambda: policies.Compose([policies.FGSM(epsilon / 2, norm=norm, **clip),
+                                             policies.PGD(epsilon / 2, steps=2, norm=norm, **clip)]),
+        "random_choice": lambda: policies.RandomChoice(
+            [policies.FGSM(epsilon, norm=norm, **clip), policies.RandomFGSM(epsilon, norm=norm, **clip)]),
     }[kind]()
 
 
-def quadratic_context(inputs, seed):
-    """A smooth objective with a known, non-zero gradient: sum((x - 0.3)²·w)."""
-    weights = [keras.random.normal(keras.ops.shape(x), seed=seed) for x in inputs]
+# Compose's two halves each move at most ε/2 from their own start, so the total stays in ε.
+KINDS = ["fgsm", "random_fgsm", "pgd", "free", "apgd", "freelb", "noise", "trades", "vat",
+         "compose", "random_choice"]
 
-    def objective(tensors):
-        per_example = 0.0
-        for t, w in zip(tensors, weights):
-            value = keras.ops.square(keras.ops.cast(t, "float32") - 0.3) * w
+
+def quadratic_context(inputs, seed):
+    """A smooth objective with a known, non-zero gradient: sum((x - 0.3)²·w), and
+    3 linear "logits" of x for the divergence policies (TRADES, VAT)."""
+    weights = [keras.random.normal(keras.ops.shape(x), seed=seed) for x in inputs]
+    mixes = [keras.random.normal((int(np.prod(x.shape[1:])), 3), seed=seed + 1) for x in inputs]
+
+    def objective(tensors, repeats=1):
+        per_example, logits = 0.0, 0.0
+        for t, w, m in zip(tensors, weights, mixes):
+            t = keras.ops.cast(t, "float32")
+            value = keras.ops.square(t - 0.3) * w
             per_example = per_example + keras.ops.sum(
                 keras.ops.reshape(value, (keras.ops.shape(value)[0], -1)), axis=1)
-        return per_example, None
+            logits = logits + keras.ops.matmul(
+                keras.ops.reshape(t, (keras.ops.shape(t)[0], -1)), m)
+        return per_example, logits
 
     return PerturbationContext(objective, keras.random.SeedGenerator(seed))
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
-    kind=st.sampled_from(["fgsm", "random_fgsm", "pgd", "free", "apgd", "freelb", "noise"]),
+    kind=st.sampled_from(KINDS),
     norm=st.sampled_from(["linf", "l2"]),
     dtype=st.sampled_from(DTYPES),
     epsilon=st.floats(0.01, 0.5),
@@ -62,7 +78,7 @@ def test_policies_stay_finite_in_ball_and_range(kind, norm, dtype, epsilon, shap
     assert np.isfinite(a).all()
     assert a.min() >= 0.0 and a.max() <= 1.0
     delta = (a - x64).reshape(batch, -1)
-    ball_norm = "linf" if kind == "noise" else norm
+    ball_norm = {"noise": "linf", "vat": "l2"}.get(kind, norm)
     size = np.abs(delta).max(1) if ball_norm == "linf" else np.sqrt((delta ** 2).sum(1))
     assert (size <= epsilon * (1 + TOLERANCE[dtype]) + TOLERANCE[dtype]).all()
 
@@ -81,7 +97,7 @@ MIXED = None
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
-    kind=st.sampled_from(["fgsm", "random_fgsm", "pgd", "free", "apgd", "freelb", "noise"]),
+    kind=st.sampled_from(KINDS),
     norm=st.sampled_from(["linf", "l2"]),
     epsilon=st.floats(0.01, 0.5),
     batch=st.integers(1, 6),

@@ -28,8 +28,49 @@ def _single_output(outputs, name):
     return flat[0]
 
 
+class _DivergencePolicy(_BallPolicy):
+    """Shared by TRADES and VAT: KL-based attack and training loss, clean term required."""
+
+    default_clean_weight = 1.0
+    #: How the policy's loss uses the clean term (for the error without it).
+    loss_description = ""
+
+    def __init__(self, epsilon, norm="linf", from_logits=True, **kwargs):
+        name = type(self).__name__
+        if kwargs.get("direction", 1) != 1:
+            raise ValueError(f"{name} always ascends the divergence; direction must be +1.")
+        super().__init__(epsilon, norm=norm, **kwargs)
+        self.from_logits = bool(from_logits)
+
+    def attack_loss(self):
+        return _no_label_loss
+
+    def _kl(self, reference, outputs):
+        name = type(self).__name__
+        return losses_lib.kl_divergence(_single_output(reference, name),
+                                        _single_output(outputs, name), self.from_logits)
+
+    def _divergence_from(self, context, inputs):
+        """`outputs -> KL(f(inputs) ‖ outputs)` per example, f(inputs) held fixed."""
+        reference = context.outputs(inputs)
+        return lambda outputs: self._kl(reference, outputs)
+
+    def _check_clean(self, clean_outputs):
+        if clean_outputs is None:
+            name = type(self).__name__
+            raise ValueError(
+                f"{name} {self.loss_description} and needs the clean term: use "
+                f"clean_weight=1 (the default for {name}), not 0."
+            )
+
+    def get_config(self):
+        config = super().get_config()
+        config.pop("direction")
+        return {"from_logits": self.from_logits, **config}
+
+
 @keras.saving.register_keras_serializable(package="keras_bidir")
-class TRADES(_BallPolicy):
+class TRADES(_DivergencePolicy):
     """TRADES: trade clean accuracy against robustness with one parameter β.
 
     The perturbation maximises KL(f(x) ‖ f(x̃)) inside the ε-ball with `steps`
@@ -59,26 +100,20 @@ class TRADES(_BallPolicy):
     >>> policy = keras_bidir.policies.TRADES(0.2, beta=6.0, steps=7, clip_min=0.0, clip_max=1.0)
     """
 
-    default_clean_weight = 1.0
+    loss_description = "trains on CE(f(x), y) + β·KL(f(x) ‖ f(x̃))"
 
     def __init__(self, epsilon, beta=6.0, steps=10, step_size=None, norm="linf",
                  from_logits=True, **kwargs):
-        if kwargs.get("direction", 1) != 1:
-            raise ValueError("TRADES always ascends the divergence; direction must be +1.")
-        super().__init__(epsilon, norm=norm, **kwargs)
+        super().__init__(epsilon, norm=norm, from_logits=from_logits, **kwargs)
         self.beta = check_positive("beta", beta)
         self.steps = check_count("steps", steps)
         step_size = check_positive("step_size", step_size, allow_none=True)
         self.step_size = self.epsilon / 4 if step_size is None else step_size
-        self.from_logits = bool(from_logits)
-
-    def attack_loss(self):
-        return _no_label_loss
 
     def generate(self, context, inputs, state):
         epsilon = self.epsilon * context.scale
         step = self.step_size * context.scale
-        reference = _single_output(context.outputs(inputs), "TRADES")
+        divergence = self._divergence_from(context, inputs)
         clip = context.clip(len(inputs))
         adversarial = []
         for x, c in zip(inputs, clip):
@@ -87,36 +122,22 @@ class TRADES(_BallPolicy):
                 ops.shape(x),
             )
             adversarial.append(self._project(x, x + ops.cast(noise, x.dtype), epsilon, c))
-
-        def divergence(outputs):
-            return losses_lib.kl_divergence(reference, _single_output(outputs, "TRADES"),
-                                            self.from_logits)
-
         for _ in range(self.steps):
             _, grads, _ = context.loss_and_gradients(adversarial, divergence)
             adversarial = self._step_sites(context, inputs, adversarial, grads, step, epsilon)
         return adversarial, state
 
     def adversarial_loss(self, y, clean_outputs, adversarial_outputs):
-        if clean_outputs is None:
-            raise ValueError(
-                "TRADES trains on CE(f(x), y) + β·KL(f(x) ‖ f(x̃)) and needs the clean term: "
-                "use clean_weight=1 (the default for TRADES), not 0."
-            )
-        kl = losses_lib.kl_divergence(_single_output(clean_outputs, "TRADES"),
-                                      _single_output(adversarial_outputs, "TRADES"),
-                                      self.from_logits)
-        return self.beta * kl
+        self._check_clean(clean_outputs)
+        return self.beta * self._kl(clean_outputs, adversarial_outputs)
 
     def get_config(self):
-        config = super().get_config()
-        config.pop("direction")
         return {"beta": self.beta, "steps": self.steps, "step_size": self.step_size,
-                "from_logits": self.from_logits, **config}
+                **super().get_config()}
 
 
 @keras.saving.register_keras_serializable(package="keras_bidir")
-class VAT(_BallPolicy):
+class VAT(_DivergencePolicy):
     """Virtual adversarial training: a smoothness regularizer that needs no labels.
 
     The virtual adversarial direction is found by power iteration: d ~ N(0, I);
@@ -147,30 +168,19 @@ class VAT(_BallPolicy):
     >>> policy = keras_bidir.policies.VAT(epsilon=2.0, xi=1e-6, iterations=1)
     """
 
-    default_clean_weight = 1.0
     accepts_unlabeled = True
     freeze_statistics = True
     requires_labels = False
+    loss_description = "adds KL(f(x) ‖ f(x + r)) to the clean loss on the labeled examples"
 
     def __init__(self, epsilon, xi=1e-6, iterations=1, from_logits=True, **kwargs):
-        if kwargs.get("direction", 1) != 1:
-            raise ValueError("VAT always ascends the divergence; direction must be +1.")
-        super().__init__(epsilon, norm="l2", **kwargs)
+        super().__init__(epsilon, norm="l2", from_logits=from_logits, **kwargs)
         self.xi = check_positive("xi", xi)
         self.iterations = check_count("iterations", iterations)
-        self.from_logits = bool(from_logits)
-
-    def attack_loss(self):
-        return _no_label_loss
 
     def generate(self, context, inputs, state):
         epsilon = self.epsilon * context.scale
-        reference = _single_output(context.outputs(inputs), "VAT")
-
-        def divergence(outputs):
-            return losses_lib.kl_divergence(reference, _single_output(outputs, "VAT"),
-                                            self.from_logits)
-
+        divergence = self._divergence_from(context, inputs)
         directions = [
             constraints.ascent_direction(
                 ops.cast(backend.replica_rows(
@@ -191,18 +201,11 @@ class VAT(_BallPolicy):
         return adversarial, state
 
     def adversarial_loss(self, y, clean_outputs, adversarial_outputs):
-        if clean_outputs is None:
-            raise ValueError(
-                "VAT adds KL(f(x) ‖ f(x + r)) to the clean loss on the labeled examples: "
-                "use clean_weight=1 (the default for VAT), not 0."
-            )
-        reference = ops.stop_gradient(_single_output(clean_outputs, "VAT"))
-        return losses_lib.kl_divergence(reference, _single_output(adversarial_outputs, "VAT"),
-                                        self.from_logits)
+        self._check_clean(clean_outputs)
+        reference = keras.tree.map_structure(ops.stop_gradient, clean_outputs)
+        return self._kl(reference, adversarial_outputs)
 
     def get_config(self):
         config = super().get_config()
-        for key in ("direction", "norm"):
-            config.pop(key)
-        return {"xi": self.xi, "iterations": self.iterations, "from_logits": self.from_logits,
-                **config}
+        config.pop("norm")
+        return {"xi": self.xi, "iterations": self.iterations, **config}
