@@ -262,3 +262,23 @@ def test_new_policies_train_save_and_load(name, digits, tmp_path):
     assert restored.clean_weight == model.clean_weight
     np.testing.assert_allclose(restored.predict(x_train[:8], verbose=0),
                                model.predict(x_train[:8], verbose=0), atol=1e-6)
+
+
+@pytest.mark.parametrize("policy", [policies.TRADES(0.5, steps=2, norm="l2"), policies.VAT(0.5)],
+                         ids=["trades", "vat"])
+def test_divergence_policies_work_at_a_perturbation_point(policy):
+    """Token embeddings of a text model: the divergence policies perturb the activation."""
+    keras.utils.set_random_seed(0)
+    tokens = keras.Input((6,), dtype="int32")
+    h = keras.layers.Embedding(20, 8, mask_zero=True)(tokens)
+    h = kb.layers.PerturbationPoint(name="embeddings")(h)
+    logits = keras.layers.Dense(2)(keras.layers.GlobalAveragePooling1D()(h))
+    model = compile_classifier(kb.BidirectionalModel(keras.Model(tokens, logits), policy, seed=0))
+    rng = np.random.default_rng(0)
+    x = rng.integers(1, 20, (64, 6)).astype("int32")
+    x[:, 4:] = 0  # padding, never perturbed
+    y = (x[:, 0] > 10).astype("int32")
+    history = model.fit(x, y, batch_size=32, epochs=3, verbose=0)
+    assert np.isfinite(history.history["loss"]).all()
+    assert history.history["perturbation_norm"][-1] > 0
+    assert history.history["loss"][-1] < history.history["loss"][0]
