@@ -519,13 +519,11 @@ class BidirectionalModel(keras.Model):
             return y, sample_weight, 1.0, None
         if "int" not in keras.backend.standardize_dtype(y.dtype):
             return y, sample_weight, 1.0, None
-        labeled = ops.reshape(y >= 0, (-1,))
-        mask = ops.cast(labeled, "float32")
+        mask = ops.cast(ops.reshape(y >= 0, (-1,)), "float32")
         weight = mask
         if sample_weight is not None:
             weight = weight * ops.reshape(ops.cast(sample_weight, "float32"), (-1,))
-        scale = ops.cast(ops.size(weight), "float32") / ops.maximum(
-            ops.sum(ops.cast(labeled, "float32")), 1.0)
+        scale = ops.cast(ops.size(mask), "float32") / ops.maximum(ops.sum(mask), 1.0)
         return ops.where(y >= 0, y, ops.zeros_like(y)), weight, scale, mask
 
     def _moving_statistics(self):
@@ -614,16 +612,14 @@ class BidirectionalModel(keras.Model):
                     outputs = self(x, training=True)
                     if y is not None:
                         clean_loss = self._compile_loss(y, outputs, label_weight) * label_scale
-                        total = clean_loss * self.clean_weight
                 policy_loss = self.policy.adversarial_loss(y, outputs, adv_outputs)
                 if policy_loss is None:
                     adv_loss = self._compile_loss(y, adv_outputs, label_weight) * label_scale
                 else:
                     adv_loss = _mean_loss(policy_loss, sample_weight)
-                if clean_loss is None:
-                    total = adv_loss * self.adversarial_weight
-                else:
-                    total = total + adv_loss * self.adversarial_weight
+                total = adv_loss * self.adversarial_weight
+                if clean_loss is not None:
+                    total = total + clean_loss * self.clean_weight
                 for extra in self.losses:
                     total = total + self._aggregate_additional_loss(extra)
                 scaled = total if self.optimizer is None else self.optimizer.scale_loss(total)

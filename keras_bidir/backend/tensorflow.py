@@ -166,11 +166,9 @@ def apply_if(flag, apply, args):
     def skip():
         return tf.constant(False)
 
-    if not tf.distribute.has_strategy():
-        tf.cond(flag, lambda: run(*args), skip)
-        return
-    flag = all_replicas(flag)
-    if tf.__internal__.distribute.strategy_supports_no_merge_call():
+    if tf.distribute.has_strategy():
+        flag = all_replicas(flag)
+    if tf.__internal__.distribute.strategy_supports_no_merge_call():  # True without a strategy
         tf.cond(flag, lambda: run(*args), skip)
         return
 
