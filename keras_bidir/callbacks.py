@@ -5,6 +5,7 @@ import numpy as np
 from keras import ops
 
 from keras_bidir import evaluation
+from keras_bidir import outputs as outputs_lib
 from keras_bidir import policies as policies_lib
 from keras_bidir.policies.base import check_count
 from keras_bidir.policies.base import check_positive
@@ -41,6 +42,15 @@ class RobustAccuracy(keras.callbacks.Callback):
         every: evaluate every `every` epochs (others log nothing).
         batch_size: examples per attack batch.
         seed: seed of the attack's random starts.
+        output: for multi-output models, the head whose accuracy is logged.
+        from_logits: whether the outputs are logits (True) or probabilities
+            (False), when neither the compiled loss nor the output layer says
+            (e.g. a sigmoid applied in a subclassed model's `call()`).
+
+    Raises:
+        ValueError: at the start of training, for a regression model (it has
+            no accuracy: use `evaluate_robustness`, which reports its loss
+            under attack) and for outputs it cannot read.
 
     Example:
 
@@ -54,7 +64,7 @@ class RobustAccuracy(keras.callbacks.Callback):
     """
 
     def __init__(self, validation_data=None, attack=None, epsilons=None, every=1,
-                 batch_size=256, seed=0):
+                 batch_size=256, seed=0, output=None, from_logits=None):
         super().__init__()
         if attack is None:
             raise ValueError("RobustAccuracy needs an attack, e.g. keras_bidir.policies.PGD(0.2, steps=20).")
@@ -65,8 +75,11 @@ class RobustAccuracy(keras.callbacks.Callback):
         self.every = check_count("every", every)
         self.batch_size = check_count("batch_size", batch_size)
         self.seed = seed
+        self.output = output
+        self.from_logits = from_logits
         self.validation_data = validation_data
         self._data = None
+        self._judge = None
         self._runners = {}
 
     def on_train_begin(self, logs=None):
@@ -74,6 +87,15 @@ class RobustAccuracy(keras.callbacks.Callback):
             raise ValueError("RobustAccuracy has no validation_data: pass (x_val, y_val).")
         if self._data is None:
             self._data = evaluation._materialize(self.validation_data)
+        x, y = self._data
+        self._judge = evaluation.Judge.describe(self.model, x, y, self.output, self.from_logits,
+                                                self.batch_size)
+        if not self._judge.kind.is_classification:
+            raise ValueError(
+                "RobustAccuracy measures classification accuracy, but this is a regression "
+                "model (regression loss or continuous targets). Evaluate it with "
+                "keras_bidir.evaluate_robustness, which reports its loss under attack."
+            )
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is None or (epoch + 1) % self.every:
@@ -82,10 +104,10 @@ class RobustAccuracy(keras.callbacks.Callback):
         results = {}
         for eps in sorted(set(self.epsilons) | {self.attack.epsilon}):
             # One compiled attack for every epoch and radius (ε is a runtime argument).
-            results[eps] = evaluation.robust_accuracy(
-                self.model, x, y, self.attack, batch_size=self.batch_size, seed=self.seed,
-                epsilon=eps, runners=self._runners,
-            )
+            results[eps] = float(np.mean(evaluation.scores_under_attack(
+                self.model, x, y, self.attack, self._judge, batch_size=self.batch_size,
+                seed=self.seed, epsilon=eps, runners=self._runners,
+            )))
         logs["val_robust_accuracy"] = results[self.attack.epsilon]
         for eps in self.epsilons:
             logs[f"val_robust_accuracy_eps{_eps_key(eps)}"] = results[eps]
@@ -93,7 +115,8 @@ class RobustAccuracy(keras.callbacks.Callback):
     def get_config(self):
         return {"attack": keras.saving.serialize_keras_object(self.attack),
                 "epsilons": self.epsilons, "every": self.every,
-                "batch_size": self.batch_size, "seed": self.seed}
+                "batch_size": self.batch_size, "seed": self.seed,
+                "output": self.output, "from_logits": self.from_logits}
 
     @classmethod
     def from_config(cls, config):
@@ -126,13 +149,12 @@ class EpsilonSchedule(keras.callbacks.Callback):
     def __init__(self, ramp=0, delay=0, start=0.0, unit="epoch"):
         super().__init__()
         for name, value in (("ramp", ramp), ("delay", delay)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"{name} must be an integer >= 0, got {value!r}.")
+            check_count(name, value, minimum=0)
         if not 0.0 <= start <= 1.0:
             raise ValueError(f"start must lie in [0, 1], got {start!r}.")
         if unit not in ("epoch", "step"):
             raise ValueError(f"unit must be 'epoch' or 'step', got {unit!r}.")
-        self.ramp, self.delay, self.start, self.unit = ramp, delay, float(start), unit
+        self.ramp, self.delay, self.start, self.unit = int(ramp), int(delay), float(start), unit
 
     def scale_at(self, t):
         """The ε-scale at epoch or step `t` (0-based)."""
@@ -209,11 +231,9 @@ class CatastrophicOverfittingGuard(keras.callbacks.Callback):
         super().__init__()
         if remedy not in REMEDIES:
             raise ValueError(f"remedy must be one of {REMEDIES}, got {remedy!r}.")
-        if check_every is not None:
-            check_count("check_every", check_every)
         self.x, self.y = x, y
         self.attack = None if attack is None else policies_lib.get(attack)
-        self.check_every = check_every
+        self.check_every = None if check_every is None else check_count("check_every", check_every)
         self.min_drop = check_positive("min_drop", min_drop)
         self.ratio = check_positive("ratio", ratio)
         self.remedy = remedy
@@ -273,7 +293,6 @@ class CatastrophicOverfittingGuard(keras.callbacks.Callback):
             config = old.get_config()
             config["step_size"] = config["step_size"] * self.shrink_factor
             model.policy = old.__class__.from_config(config)
-        model.make_train_function(force=True)
         return f"switched policy {old!r} -> {model.policy!r}"
 
     def _check(self, where):
@@ -335,18 +354,22 @@ class PerturbationStats(keras.callbacks.Callback):
     Logs `input_gradient_norm` (mean per-example L2 norm of the loss
     gradient at the clean inputs), `held_perturbation_norm` (mean
     per-example norm of x̃ − x in the policy's norm) and `flip_rate` (the
-    fraction of examples whose predicted class the perturbation changes).
+    fraction of examples whose predicted class the perturbation changes;
+    classifiers with one output only).
 
     Args:
         x: the held batch (inputs).
         y: its labels.
         every: log every `every` epochs.
+        from_logits: whether the outputs are logits, when neither the
+            compiled loss nor the output layer says (see `RobustAccuracy`).
     """
 
-    def __init__(self, x=None, y=None, every=1):
+    def __init__(self, x=None, y=None, every=1, from_logits=None):
         super().__init__()
         self.x, self.y = x, y
         self.every = check_count("every", every)
+        self.from_logits = from_logits
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is None or (epoch + 1) % self.every:
@@ -372,13 +395,18 @@ class PerturbationStats(keras.callbacks.Callback):
         )
         if outputs is None:
             outputs = model(x, training=False)
+        if keras.tree.is_nested(outputs) or y is None:
+            return  # No single prediction to flip.
+        kind = outputs_lib.describe_outputs(model, outputs, self.y, self.from_logits)
+        if not kind.is_classification:
+            return  # A regression model has no class to flip.
         attacked = sites.forward(model, x, adversarial, clean, masks, training=False)
-        before = evaluation.predicted_labels(ops.convert_to_numpy(outputs), model)
-        after = evaluation.predicted_labels(ops.convert_to_numpy(attacked), model)
+        before = kind.predict(ops.convert_to_numpy(outputs))
+        after = kind.predict(ops.convert_to_numpy(attacked))
         logs["flip_rate"] = float(np.mean(before != after))
 
     def get_config(self):
-        return {"every": self.every}
+        return {"every": self.every, "from_logits": self.from_logits}
 
     @classmethod
     def from_config(cls, config):

@@ -5,7 +5,11 @@ import keras
 from keras import ops
 
 from keras_bidir import backend
+from keras_bidir import losses as losses_lib
+from keras_bidir import outputs as outputs_lib
 from keras_bidir.policies.base import resolve_attack_loss
+from keras_bidir.report import Check
+from keras_bidir.report import RobustnessReport
 from keras_bidir.sites import Sites
 
 
@@ -18,59 +22,115 @@ def _single_restart(policy):
     return policy.__class__.from_config(config), restarts
 
 
-def predicted_labels(outputs, model=None):
-    """Class predictions from model outputs (logits or probabilities)."""
-    outputs = np.asarray(outputs)
-    if outputs.ndim >= 2 and outputs.shape[-1] > 1:
-        return outputs.argmax(axis=-1)
-    outputs = outputs.reshape(outputs.shape[0], -1)[:, 0]
-    threshold = 0.5 if model is not None and _ends_in_probability(model) else 0.0
-    return (outputs > threshold).astype("int64")
+def predicted_labels(outputs, model=None, kind=None):
+    """Class predictions from model outputs (logits or probabilities).
+
+    Args:
+        outputs: one output head's values.
+        model: the model, consulted when `kind` is not given.
+        kind: an `OutputKind` saying how to read the outputs.
+    """
+    if kind is None:
+        if np.ndim(outputs) >= 2 and np.shape(outputs)[-1] > 1:
+            kind = outputs_lib.OutputKind(outputs_lib.MULTICLASS)
+        else:
+            kind = outputs_lib.describe_outputs(model, outputs, np.zeros(len(outputs)))
+    return kind.predict(outputs)
 
 
-def _ends_in_probability(model):
+def true_labels(y, kind=None):
+    """Integer labels from sparse, one-hot or 0/1 targets."""
+    return (kind or outputs_lib.OutputKind(outputs_lib.MULTICLASS)).labels(y)
+
+
+def head(structure, output, model=None):
+    """One output head (or its labels) from a nested structure.
+
+    Args:
+        structure: model outputs or labels: one array, or a dict / list of them.
+        output: a head name (dict key or model output name), an index, or
+            None for single-output structures.
+        model: consulted for its output names when `structure` is a list.
+    """
+    if not isinstance(structure, (dict, list, tuple)):
+        return structure
+    if output is None:
+        if len(structure) == 1:
+            return next(iter(structure.values())) if isinstance(structure, dict) else structure[0]
+        names = list(structure) if isinstance(structure, dict) else output_names(model, len(structure))
+        raise ValueError(
+            f"This model has {len(structure)} outputs {names}: pass output=<name> to say which "
+            "head's accuracy to report (the attack ascends the total compiled loss)."
+        )
+    if isinstance(structure, dict):
+        if output not in structure:
+            raise ValueError(f"Unknown output {output!r}; the outputs are {sorted(structure)}.")
+        return structure[output]
+    if isinstance(output, str):
+        names = output_names(model, len(structure))
+        if output not in names:
+            raise ValueError(f"Unknown output {output!r}; the outputs are {names}.")
+        output = names.index(output)
+    return structure[output]
+
+
+def output_names(model, count):
     base = getattr(model, "base_model", model)
-    last = getattr(base, "layers", [None])[-1]
-    name = getattr(getattr(last, "activation", None), "__name__", "")
-    return name in ("sigmoid", "softmax")
+    names = list(getattr(base, "output_names", None) or [])
+    return names if len(names) == count else list(range(count))
 
 
-def true_labels(y):
-    """Integer labels from sparse or one-hot targets."""
-    y = np.asarray(y)
-    if y.ndim >= 2 and y.shape[-1] > 1:
-        return y.argmax(axis=-1)
-    return y.reshape(y.shape[0])
+class _AttackStep:
+    """One attack against one model as a callable object.
+
+    TensorFlow counts the traces of a compiled Python function per code
+    object; as an object of its own, each distinct attack is compiled (and
+    counted) separately instead of looking like retraces of one function.
+    """
+
+    def __init__(self, model, attack, loss, seed):
+        self.model, self.attack, self.loss, self.seed = model, attack, loss, seed
+
+    def __call__(self, x, y, scale):
+        return self.attack.attack_outputs(
+            self.model, x, y, loss=self.loss, seed=self.seed, scale=scale
+        )
 
 
 class AttackRunner:
     """Runs one attack against one model, compiled once, batch by batch.
 
     Args:
-        model: a Keras classifier (BidirectionalModel or plain).
+        model: a Keras model (BidirectionalModel or plain).
         attack: an `InputPolicy` used as the attack.
-        loss: loss to ascend (default: the model's compiled loss, else
-            cross-entropy matched to the labels and the output activation).
+        loss: loss to ascend (default: the attack's own, else the model's
+            compiled loss, else `fallback_loss`).
         seed: seed of the random starts.
+        fallback_loss: loss for models compiled without one (derived from
+            what the outputs are: see `keras_bidir.outputs`).
+        select: for multi-output models, picks the evaluated head from labels
+            and outputs; an attack's own loss (DLR) is taken on that head.
     """
 
-    def __init__(self, model, attack, loss=None, seed=0):
+    def __init__(self, model, attack, loss=None, seed=0, fallback_loss=None, select=None):
         self.model = model
         self.attack = attack
         self.loss = loss
+        self.fallback_loss = fallback_loss
+        self.select = select
         self._seed = keras.random.SeedGenerator(seed)
         self._function = None
 
     def _build(self, y_example):
-        loss = self.loss if self.loss is not None else self.attack.attack_loss()
+        own = self.attack.attack_loss() if self.loss is None else None
+        loss = self.loss if self.loss is not None else own
+        if loss is None and not _has_compiled_loss(self.model):
+            loss = self.fallback_loss
         per_example = resolve_attack_loss(self.model, y_example, loss)
-
-        def run(x, y, scale):
-            return self.attack.attack_outputs(
-                self.model, x, y, loss=per_example, seed=self._seed, scale=scale
-            )
-
-        self._function = backend.function(run)
+        if own is not None and self.select is not None:
+            on_all = per_example
+            per_example = lambda y, outputs: on_all(self.select(y), self.select(outputs))  # noqa: E731
+        self._function = backend.function(_AttackStep(self.model, self.attack, per_example, self._seed))
 
     def __call__(self, x, y, epsilon=None):
         """Model outputs under attack for the batch `(x, y)`, at `epsilon` if given.
@@ -83,28 +143,112 @@ class AttackRunner:
         return self._function(x, y, ops.convert_to_tensor(scale, "float32"))
 
 
+def _has_compiled_loss(model):
+    return getattr(model, "_bidir_attack_loss", None) is not None or getattr(model, "loss", None) is not None
+
+
+def _num_examples(y):
+    return len(keras.tree.flatten(y)[0])
+
+
 def _batches(x, y, batch_size):
-    count = len(true_labels(y))
+    count = _num_examples(y)
     for start in range(0, count, batch_size):
         stop = min(start + batch_size, count)
-        yield keras.tree.map_structure(lambda a: a[start:stop], x), y[start:stop]
+        take = lambda a: a[start:stop]  # noqa: E731
+        yield keras.tree.map_structure(take, x), keras.tree.map_structure(take, y)
 
 
-def correct_under_attack(model, x, y, attack, batch_size=512, loss=None, seed=0, verbose=0,
-                         epsilon=None, runners=None):
-    """Per-example correctness under `attack`, worst case over its restarts.
+class Judge:
+    """How a model's outputs are scored against the labels, per example.
 
-    A PGD with `restarts=r` is run as r independent single-restart attacks and
-    an example counts as robust only if it is classified correctly under all
-    of them (stronger than picking the restart with the highest loss).
+    Classifiers: correct or not (an example is robust when correct under
+    every attack). Regression: the per-example loss (its worst case is the
+    largest over the attacks).
 
     Args:
-        model: the classifier.
+        model: the model.
+        kind: an `OutputKind` (see `describe`).
+        output: the head scored, for multi-output models.
+    """
+
+    def __init__(self, model, kind, output=None):
+        self.model, self.kind, self.output = model, kind, output
+        self.measure = "accuracy"
+        if not kind.is_classification:
+            loss = outputs_lib.compiled_loss(model, _loss_key(model, output))
+            loss = loss if loss is not None else "mean_squared_error"
+            self.measure = outputs_lib._loss_name(loss) or "loss"
+            self._loss = losses_lib.per_example_loss_fn(loss)
+
+    @classmethod
+    def describe(cls, model, x, y, output=None, from_logits=None, batch_size=512):
+        """A judge for `model`, deciding what its outputs are from the first batch."""
+        xb, yb = next(_batches(x, y, batch_size))
+        outputs = head(model.predict_on_batch(xb), output, model)
+        kind = outputs_lib.describe_outputs(
+            model, outputs, head(yb, output, model), from_logits,
+            loss=outputs_lib.compiled_loss(model, _loss_key(model, output)),
+        )
+        return cls(model, kind, output)
+
+    def head(self, structure):
+        """The scored head of outputs or labels."""
+        return head(structure, self.output, self.model)
+
+    def fallback_loss(self, y):
+        """The attack loss for a model compiled without one."""
+        if isinstance(y, (dict, list, tuple)):
+            raise ValueError("Compile the multi-output model with its loss (or pass loss=) to attack it.")
+        return self.kind.default_loss(self.model, y)
+
+    def score(self, outputs, y):
+        """Per-example scores of one batch: bool correct, or float loss."""
+        outputs = ops.convert_to_numpy(head(outputs, self.output, self.model))
+        y = head(y, self.output, self.model)
+        if self.kind.is_classification:
+            return self.kind.predict(outputs) == self.kind.labels(y)
+        return np.asarray(ops.convert_to_numpy(self._loss(y, outputs)), dtype="float64")
+
+    def worst(self, a, b):
+        """The per-example worst case of two score arrays."""
+        return a & b if self.kind.is_classification else np.maximum(a, b)
+
+    def summary(self, scores):
+        return float(np.mean(scores))
+
+    def stronger(self, a, b, tolerance):
+        """Whether summary `a` is worse for the model than `b` beyond `tolerance`."""
+        if self.kind.is_classification:
+            return a < b - tolerance
+        return a > b + tolerance * max(abs(a), abs(b), 1e-12)
+
+
+def _loss_key(model, output):
+    """`output` as the compiled loss indexes it (names stay names for dict losses)."""
+    if isinstance(output, str) and isinstance(getattr(model, "_bidir_loss_spec", None) or getattr(model, "loss", None), (list, tuple)):
+        base = getattr(model, "base_model", model)
+        names = list(getattr(base, "output_names", None) or [])
+        return names.index(output) if output in names else output
+    return output
+
+
+def scores_under_attack(model, x, y, attack, judge=None, batch_size=512, loss=None, seed=0,
+                        verbose=0, epsilon=None, runners=None):
+    """Per-example scores under `attack`, worst case over its restarts.
+
+    A PGD with `restarts=r` is run as r independent single-restart attacks and
+    the worst case is taken per example (stronger than picking the restart
+    with the highest loss).
+
+    Args:
+        model: the model.
         x: input arrays (a list / dict of arrays for multi-input models).
-        y: labels.
-        attack: an `InputPolicy`, or None for clean accuracy.
+        y: labels (a dict / list for multi-output models).
+        attack: an `InputPolicy`, or None for clean scores.
+        judge: a `Judge` (default: decided from the first batch).
         batch_size: examples per attack batch.
-        loss: optional loss to ascend instead of the model's.
+        loss: optional loss to ascend instead of the attack's / model's.
         seed: seed of the random starts.
         verbose: 1 shows a progress bar.
         epsilon: run the attack at this radius instead of its own (its step
@@ -112,42 +256,64 @@ def correct_under_attack(model, x, y, attack, batch_size=512, loss=None, seed=0,
         runners: optional dict caching compiled attacks between calls.
 
     Returns:
-        A boolean NumPy array, one entry per example.
+        A NumPy array, one entry per example: bool (classifiers) or the loss.
     """
-    labels = true_labels(y)
-    correct = np.ones(len(labels), dtype=bool)
-    if attack is None:
-        runs, runner = 1, None
-    else:
+    judge = judge or Judge.describe(model, x, y, batch_size=batch_size)
+    runs, runner = 1, None
+    if attack is not None:
         single, runs = _single_restart(attack)
         key = (id(model), repr(single), seed, repr(loss))
-        if runners is not None and key in runners:
-            runner = runners[key]
-        else:
-            runner = AttackRunner(model, single, loss=loss, seed=seed)
+        runner = (runners or {}).get(key)
+        if runner is None:
+            fallback = None if _has_compiled_loss(model) else judge.fallback_loss(y)
+            runner = AttackRunner(model, single, loss=loss, seed=seed, fallback_loss=fallback,
+                                  select=judge.head)
             if runners is not None:
                 runners[key] = runner
-    steps = runs * int(np.ceil(len(labels) / batch_size))
+    steps = runs * int(np.ceil(_num_examples(y) / batch_size))
     progress = keras.utils.Progbar(steps, verbose=verbose) if verbose else None
+    result = None
     for _ in range(runs):
-        offset = 0
+        parts = []
         for xb, yb in _batches(x, y, batch_size):
-            if runner is not None:
+            if runner is None:
+                outputs = model.predict_on_batch(xb)
+            else:
                 outputs = runner(
                     keras.tree.map_structure(ops.convert_to_tensor, xb),
-                    ops.convert_to_tensor(yb),
+                    keras.tree.map_structure(ops.convert_to_tensor, yb),
                     epsilon,
                 )
-            else:
-                outputs = model.predict_on_batch(xb)
-            stop = offset + len(yb)
-            correct[offset:stop] &= predicted_labels(
-                keras.ops.convert_to_numpy(outputs), model
-            ) == true_labels(yb)
-            offset = stop
+            parts.append(judge.score(outputs, yb))
             if progress is not None:
                 progress.add(1)
-    return correct
+        run = np.concatenate(parts)
+        result = run if result is None else judge.worst(result, run)
+    return result
+
+
+def correct_under_attack(model, x, y, attack, batch_size=512, loss=None, seed=0, verbose=0,
+                         epsilon=None, runners=None, output=None, from_logits=None):
+    """Per-example correctness of a classifier under `attack`, worst case over restarts.
+
+    The arguments are those of `scores_under_attack`, plus `output` (the head
+    of a multi-output model) and `from_logits` (when the outputs cannot tell).
+
+    Returns:
+        A boolean NumPy array, one entry per example.
+
+    Raises:
+        ValueError: for a regression model (it has no accuracy; use
+            `evaluate_robustness`, which reports its loss under attack).
+    """
+    judge = Judge.describe(model, x, y, output, from_logits, batch_size)
+    if not judge.kind.is_classification:
+        raise ValueError(
+            "This is a regression model (regression loss or continuous targets): it has no "
+            "accuracy. Use keras_bidir.evaluate_robustness, which reports its loss under attack."
+        )
+    return scores_under_attack(model, x, y, attack, judge, batch_size, loss, seed, verbose,
+                               epsilon, runners)
 
 
 def robust_accuracy(model, x, y, attack, **kwargs):
@@ -158,139 +324,27 @@ def robust_accuracy(model, x, y, attack, **kwargs):
 
 # -- evaluate_robustness ---------------------------------------------------------------
 
-def default_attacks(epsilon, clip_min=None, clip_max=None, norm="linf"):
+def default_attacks(epsilon, clip_min=None, clip_max=None, norm="linf", task="multiclass"):
     """The default attack set at one radius, weakest first.
 
-    FGSM; PGD-20 with 2 restarts (step 2.5ε/20); APGD-CE and APGD-DLR with 100
-    steps (Croce and Hein, 2020): an automatic step-size schedule, and a loss
-    that does not depend on the cross-entropy's scale.
+    FGSM; PGD-20 with 2 restarts (step 2.5ε/20); APGD with 100 steps (Croce
+    and Hein, 2020) on the model's loss (APGD-CE) and, for classifiers, on
+    the difference-of-logits ratio (APGD-DLR), whose scale does not depend on
+    the cross-entropy's.
     """
     from keras_bidir import policies
 
     common = {"norm": norm, "clip_min": clip_min, "clip_max": clip_max}
-    return {
+    attacks = {
         "FGSM": policies.FGSM(epsilon, **common),
         "PGD-20x2": policies.PGD(epsilon, steps=20, restarts=2, **common),
-        "APGD-CE": policies.APGD(epsilon, steps=100, loss="ce", **common),
-        "APGD-DLR": policies.APGD(epsilon, steps=100, loss="dlr", **common),
     }
-
-
-class Check:
-    """One gradient-masking check: its name, verdict and explanation."""
-
-    def __init__(self, name, passed, message, details=None):
-        self.name = name
-        self.passed = bool(passed)
-        self.message = message
-        self.details = details or {}
-
-    def to_dict(self):
-        return {"name": self.name, "passed": self.passed, "message": self.message,
-                "details": self.details}
-
-    def __repr__(self):
-        return f"Check({self.name!r}, {'passed' if self.passed else 'FAILED'})"
-
-
-class RobustnessReport:
-    """Result of `evaluate_robustness`.
-
-    Attributes:
-        clean_accuracy: accuracy on unperturbed inputs.
-        epsilons: the radii evaluated.
-        accuracy: `{attack_name: {epsilon: accuracy}}`.
-        robust_accuracy: `{epsilon: accuracy}`, the per-example worst case
-            over all attacks (an example counts only if it survives every one).
-        checks: list of `Check` (gradient-masking checks).
-        num_examples: examples evaluated.
-    """
-
-    def __init__(self, clean_accuracy, epsilons, accuracy, robust_accuracy, checks, num_examples, norm):
-        self.clean_accuracy = clean_accuracy
-        self.epsilons = list(epsilons)
-        self.accuracy = accuracy
-        self.robust_accuracy = robust_accuracy
-        self.checks = checks
-        self.num_examples = num_examples
-        self.norm = norm
-
-    @property
-    def passed_checks(self):
-        """True when every gradient-masking check passed."""
-        return all(check.passed for check in self.checks)
-
-    def to_dict(self):
-        return {
-            "num_examples": self.num_examples,
-            "norm": self.norm,
-            "clean_accuracy": self.clean_accuracy,
-            "epsilons": self.epsilons,
-            "accuracy": {a: {str(e): v for e, v in r.items()} for a, r in self.accuracy.items()},
-            "robust_accuracy": {str(e): v for e, v in self.robust_accuracy.items()},
-            "checks": [check.to_dict() for check in self.checks],
-        }
-
-    def to_markdown(self):
-        header = ["attack"] + [f"ε={e:g}" for e in self.epsilons]
-        lines = [
-            f"Clean accuracy: {self.clean_accuracy:.1%} ({self.num_examples} examples, {self.norm})",
-            "",
-            "| " + " | ".join(header) + " |",
-            "|" + "---|" * len(header),
-        ]
-        for name, row in self.accuracy.items():
-            lines.append("| " + " | ".join([name] + [f"{row[e]:.1%}" for e in self.epsilons]) + " |")
-        lines.append(
-            "| **worst case** | "
-            + " | ".join(f"**{self.robust_accuracy[e]:.1%}**" for e in self.epsilons)
-            + " |"
-        )
-        lines.append("")
-        lines.append("Gradient-masking checks:")
-        for check in self.checks:
-            mark = "pass" if check.passed else "FAIL"
-            lines.append(f"- [{mark}] {check.name}: {check.message}")
-        return "\n".join(lines)
-
-    def plot(self, path=None):
-        """Accuracy against ε, one curve per attack plus the worst case.
-
-        Args:
-            path: where to save a PNG; None returns the figure unsaved.
-
-        Returns:
-            The matplotlib figure.
-        """
-        try:
-            import matplotlib
-
-            if path is not None:
-                matplotlib.use("Agg")
-            import matplotlib.pyplot as plt
-        except ImportError as error:
-            raise ImportError("plot() needs matplotlib: pip install 'keras-bidir[plot]'.") from error
-        figure, axis = plt.subplots(figsize=(5.5, 3.8))
-        xs = [0.0] + self.epsilons
-        for name, row in self.accuracy.items():
-            axis.plot(xs, [100 * self.clean_accuracy] + [100 * row[e] for e in self.epsilons],
-                      marker="o", label=name, alpha=0.8)
-        axis.plot(xs, [100 * self.clean_accuracy] + [100 * self.robust_accuracy[e] for e in self.epsilons],
-                  marker="s", color="black", linewidth=2, label="worst case")
-        axis.set_xlabel(f"ε ({self.norm})")
-        axis.set_ylabel("accuracy (%)")
-        axis.set_ylim(0, 100)
-        axis.grid(alpha=0.3)
-        axis.legend()
-        figure.tight_layout()
-        if path is not None:
-            figure.savefig(path, dpi=120)
-            plt.close(figure)
-        return figure
-
-    def __repr__(self):
-        worst = ", ".join(f"ε={e:g}: {v:.1%}" for e, v in self.robust_accuracy.items())
-        return f"RobustnessReport(clean={self.clean_accuracy:.1%}, worst case {worst})"
+    if task == outputs_lib.REGRESSION:
+        attacks["APGD"] = policies.APGD(epsilon, steps=100, loss="ce", **common)
+        return attacks
+    attacks["APGD-CE"] = policies.APGD(epsilon, steps=100, loss="ce", **common)
+    attacks["APGD-DLR"] = policies.APGD(epsilon, steps=100, loss="dlr", **common)
+    return attacks
 
 
 def _input_gradient_health(model, x, y, batch_size, loss=None):
@@ -299,7 +353,7 @@ def _input_gradient_health(model, x, y, batch_size, loss=None):
     total = 0
     for xb, yb in _batches(x, y, batch_size):
         xb_t = keras.tree.map_structure(ops.convert_to_tensor, xb)
-        yb_t = ops.convert_to_tensor(yb)
+        yb_t = keras.tree.map_structure(ops.convert_to_tensor, yb)
         per_example = resolve_attack_loss(model, yb_t, loss)
         sites = Sites(model, xb_t, getattr(model, "perturb_names", None))
         clean, masks, _ = sites.record(model, xb_t, training=False)
@@ -309,13 +363,14 @@ def _input_gradient_health(model, x, y, batch_size, loss=None):
             return ops.sum(per_example(yb_t, outputs)), None
 
         _, _, grads = backend.input_gradients(value, clean)
+        count = _num_examples(yb)
         flat = np.concatenate(
-            [ops.convert_to_numpy(g).reshape(len(yb), -1).astype("float64") for g in grads], axis=1
+            [ops.convert_to_numpy(g).reshape(count, -1).astype("float64") for g in grads], axis=1
         )
         finite = np.isfinite(flat).all(axis=1)
         nonfinite += int((~finite).sum())
         zero += int((finite & (np.abs(flat).max(axis=1) == 0)).sum())
-        total += len(yb)
+        total += count
     return zero / total, nonfinite / total
 
 
@@ -331,22 +386,31 @@ def evaluate_robustness(
     checks=True,
     seed=0,
     verbose=1,
+    output=None,
+    from_logits=None,
 ):
-    """Clean and robust accuracy of a classifier under a set of attacks.
+    """Clean and robust accuracy (or loss, for regression) under a set of attacks.
 
     Robust accuracy per ε is the per-example worst case over all attacks (and
-    over each attack's restarts). Gradient-masking checks (Athalye, Carlini
-    and Wagner 2018; the flags of AutoAttack, Croce and Hein 2020) are run
-    and every failure is also issued as a warning naming the likely cause:
+    over each attack's restarts). What the outputs are is decided from what
+    is known for sure (see `keras_bidir.outputs.describe_outputs`): a binary
+    model with a sigmoid is thresholded at 0.5, one with a logit at 0; a
+    regression model (regression loss or continuous targets) is reported by
+    its loss under attack, the worst case being each example's largest loss;
+    when that cannot be decided it refuses and names the argument to pass.
+    Gradient-masking checks (Athalye, Carlini and Wagner 2018; the flags of
+    AutoAttack, Croce and Hein 2020) are run and every failure is also issued
+    as a warning naming the likely cause:
 
     - `more_steps`: PGD with 4× the steps must not be less effective;
     - `single_vs_multi_step`: FGSM must not beat PGD;
-    - `large_epsilon`: at an ε covering the whole data range (or 10× the
-      largest ε when the range is open) accuracy must fall towards 0;
+    - `large_epsilon` (classifiers): at an ε covering the whole data range
+      (or 10× the largest ε when the range is open) accuracy must fall
+      towards 0;
     - `input_gradients`: input gradients must be finite and mostly non-zero.
 
     Args:
-        model: a `BidirectionalModel`, its base model or any Keras classifier.
+        model: a `BidirectionalModel`, its base model or any Keras model.
         data: `(x, y)` arrays, or a `tf.data.Dataset` / iterable of `(x, y)` batches.
         epsilons: list of radii.
         attacks: None for `default_attacks`, or `{name: policy_at_any_epsilon}`;
@@ -359,6 +423,11 @@ def evaluate_robustness(
         checks: run the gradient-masking checks.
         seed: seed of the attacks' random starts.
         verbose: 1 shows a progress bar.
+        output: for multi-output models, the head whose accuracy (or loss)
+            is reported; the attacks ascend the total compiled loss.
+        from_logits: whether a classifier's outputs are logits (True) or
+            probabilities (False), when neither its loss nor its output
+            layer says.
 
     Returns:
         A `RobustnessReport`.
@@ -372,80 +441,87 @@ def evaluate_robustness(
     """
     import warnings
 
-    from keras_bidir import policies
-
     x, y = _materialize(data)
     epsilons = [float(e) for e in epsilons]
     if not epsilons or any(not np.isfinite(e) or e <= 0 for e in epsilons):
         raise ValueError(f"epsilons must be a non-empty list of finite numbers > 0, got {epsilons!r}.")
+    judge = Judge.describe(model, x, y, output, from_logits, batch_size)
     policy = getattr(model, "policy", None)
     if clip_min is None and clip_max is None and policy is not None:
         clip_min, clip_max = policy.clip_min, policy.clip_max
     if attacks is None:
-        attacks = default_attacks(max(epsilons), clip_min, clip_max, norm)
-    names = list(attacks)
-    runners = {}
-    total = len(epsilons) * len(names) + (3 if checks else 0) + 1
+        attacks = default_attacks(max(epsilons), clip_min, clip_max, norm, judge.kind.task)
+    total = len(epsilons) * len(attacks) + (3 if checks else 0) + 1
     progress = keras.utils.Progbar(total, verbose=verbose, unit_name="attack") if verbose else None
+    runners = {}
 
-    def tick(label):
+    def run(attack, epsilon=None):
+        scores = scores_under_attack(model, x, y, attack, judge, batch_size, seed=seed,
+                                     epsilon=epsilon, runners=runners)
         if progress is not None:
-            progress.add(1, values=None)
+            progress.add(1)
+        return scores
 
-    labels_correct = correct_under_attack(model, x, y, None, batch_size=batch_size)
-    clean = float(labels_correct.mean())
-    tick("clean")
-    accuracy = {name: {} for name in names}
-    robust = {}
+    clean = run(None)
+    by_attack = {name: {} for name in attacks}
+    worst_case = {}
     for eps in epsilons:
-        worst = labels_correct.copy()
+        worst = clean.copy()
         for name, attack in attacks.items():
-            correct = correct_under_attack(model, x, y, attack, batch_size=batch_size, seed=seed,
-                                           epsilon=eps, runners=runners)
-            accuracy[name][eps] = float(correct.mean())
-            worst &= correct
-            tick(name)
-        robust[eps] = float(worst.mean())
-
+            scores = run(attack, eps)
+            by_attack[name][eps] = judge.summary(scores)
+            worst = judge.worst(worst, scores)
+        worst_case[eps] = judge.summary(worst)
     results = []
     if checks:
-        n = len(true_labels(y))
-        tolerance = max(0.01, 2.0 / n)
-        mid = epsilons[len(epsilons) // 2]
         common = {"norm": norm, "clip_min": clip_min, "clip_max": clip_max}
-        weak = correct_under_attack(model, x, y, policies.PGD(mid, steps=5, **common),
-                                    batch_size=batch_size, seed=seed).mean()
-        strong = correct_under_attack(model, x, y, policies.PGD(mid, steps=20, **common),
-                                      batch_size=batch_size, seed=seed).mean()
-        tick("steps")
+        results = _masking_checks(model, x, y, judge, run, epsilons, by_attack, common, batch_size,
+                                  max(0.01, 2.0 / _num_examples(y)))
+        for check in results:
+            if not check.passed:
+                warnings.warn(f"Gradient-masking check '{check.name}' failed: {check.message}", stacklevel=2)
+    return RobustnessReport(judge.summary(clean), epsilons, by_attack, worst_case, results,
+                            _num_examples(y), norm, measure=judge.measure, output=output)
+
+
+def _masking_checks(model, x, y, judge, run, epsilons, by_attack, common, batch_size, tolerance):
+    """The gradient-masking checks of `evaluate_robustness`."""
+    from keras_bidir import policies
+
+    classifier = judge.kind.is_classification
+    show = (lambda v: f"{v:.1%}") if classifier else (lambda v: f"{judge.measure} {v:.4g}")
+    results = []
+    mid = epsilons[len(epsilons) // 2]
+    weak = judge.summary(run(policies.PGD(mid, steps=5, **common)))
+    strong = judge.summary(run(policies.PGD(mid, steps=20, **common)))
+    ok = not judge.stronger(weak, strong, tolerance)
+    results.append(Check(
+        "more_steps", ok, f"PGD-5 {show(weak)} vs PGD-20 {show(strong)} at ε={mid:g}"
+        + ("" if ok else ": more steps made the attack weaker, a sign of a noisy or masked "
+           "gradient (stochastic layers active at inference, non-differentiable operations)."),
+        {"epsilon": mid, "pgd5": float(weak), "pgd20": float(strong)},
+    ))
+    names = list(by_attack)
+    fgsm_name = next((k for k in names if k.upper().startswith("FGSM")), None)
+    multi = [k for k in names if k != fgsm_name]
+    if fgsm_name is not None and multi:
+        strongest = min if classifier else max
+        bad = {}
+        for e in epsilons:
+            iterative = strongest(by_attack[k][e] for k in multi)
+            if judge.stronger(by_attack[fgsm_name][e], iterative, tolerance):
+                bad[e] = (by_attack[fgsm_name][e], iterative)
         results.append(Check(
-            "more_steps", strong <= weak + tolerance,
-            f"PGD-5 {weak:.1%} vs PGD-20 {strong:.1%} at ε={mid:g}"
-            + ("" if strong <= weak + tolerance else
-               ": more steps made the attack weaker, a sign of a noisy or masked gradient "
-               "(stochastic layers active at inference, non-differentiable operations)."),
-            {"epsilon": mid, "pgd5": float(weak), "pgd20": float(strong)},
+            "single_vs_multi_step", not bad,
+            "FGSM is never stronger than the iterative attacks" if not bad else
+            f"FGSM beats every iterative attack at ε={sorted(bad)}: iterative attacks are "
+            "stuck, typically because gradients vanish near the data (gradient masking).",
+            {str(e): v for e, v in bad.items()},
         ))
-        fgsm_name = next((k for k in names if k.upper().startswith("FGSM")), None)
-        multi = [k for k in names if k != fgsm_name]
-        if fgsm_name is not None and multi:
-            bad = {e: (accuracy[fgsm_name][e], min(accuracy[k][e] for k in multi))
-                   for e in epsilons if accuracy[fgsm_name][e] < min(accuracy[k][e] for k in multi) - tolerance}
-            results.append(Check(
-                "single_vs_multi_step", not bad,
-                "FGSM is never stronger than the iterative attacks" if not bad else
-                f"FGSM beats every iterative attack at ε={sorted(bad)}: iterative attacks are "
-                "stuck, typically because gradients vanish near the data (gradient masking).",
-                {str(e): v for e, v in bad.items()},
-            ))
-        if clip_min is not None and clip_max is not None:
-            big = float(clip_max - clip_min)
-        else:
-            big = 10.0 * max(epsilons)
-        huge = correct_under_attack(
-            model, x, y, policies.PGD(big, steps=50, step_size=big / 10, **common),
-            batch_size=batch_size, seed=seed).mean()
-        tick("large ε")
+    if classifier:
+        low, high = common["clip_min"], common["clip_max"]
+        big = float(high - low) if low is not None and high is not None else 10.0 * max(epsilons)
+        huge = judge.summary(run(policies.PGD(big, steps=50, step_size=big / 10, **common)))
         results.append(Check(
             "large_epsilon", huge <= 0.1,
             f"accuracy {huge:.1%} at ε={big:g}"
@@ -454,36 +530,33 @@ def evaluate_robustness(
                "The gradient does not lead the attack (masked, saturated or shattered gradients)."),
             {"epsilon": big, "accuracy": float(huge)},
         ))
-        zero, nonfinite = _input_gradient_health(model, x, y, batch_size)
-        tick("gradients")
-        healthy = nonfinite == 0 and zero <= 0.05
-        results.append(Check(
-            "input_gradients", healthy,
-            f"{zero:.1%} of examples have an all-zero input gradient, {nonfinite:.1%} a non-finite one"
-            + ("" if healthy else
-               ": the loss gradient carries no signal; look for rounding/quantisation, argmax, "
-               "saturated softmax outputs (use logits with from_logits=True), or NaNs."),
-            {"zero_fraction": zero, "nonfinite_fraction": nonfinite},
-        ))
-        for check in results:
-            if not check.passed:
-                warnings.warn(f"Gradient-masking check '{check.name}' failed: {check.message}", stacklevel=2)
-    return RobustnessReport(clean, epsilons, accuracy, robust, results, len(true_labels(y)), norm)
+    loss = None if _has_compiled_loss(model) else judge.fallback_loss(y)
+    zero, nonfinite = _input_gradient_health(model, x, y, batch_size, loss)
+    healthy = nonfinite == 0 and zero <= 0.05
+    results.append(Check(
+        "input_gradients", healthy,
+        f"{zero:.1%} of examples have an all-zero input gradient, {nonfinite:.1%} a non-finite one"
+        + ("" if healthy else
+           ": the loss gradient carries no signal; look for rounding/quantisation, argmax, "
+           "saturated softmax outputs (use logits with from_logits=True), or NaNs."),
+        {"zero_fraction": zero, "nonfinite_fraction": nonfinite},
+    ))
+    return results
 
 
 def _materialize(data):
-    """`(x, y)` NumPy arrays from arrays or an iterable of batches."""
+    """`(x, y)` NumPy arrays (or structures of them) from arrays or an iterable of batches."""
     if isinstance(data, (tuple, list)) and len(data) == 2 and not hasattr(data[0], "element_spec"):
         x, y = data
-        return x, np.asarray(y)
+        return x, keras.tree.map_structure(np.asarray, y)
     xs, ys = [], []
     for batch in data:
         bx, by, _ = keras.utils.unpack_x_y_sample_weight(batch)
         if by is None:
             raise ValueError("evaluate_robustness needs labelled data: batches of (x, y).")
         xs.append(keras.tree.map_structure(ops.convert_to_numpy, bx))
-        ys.append(ops.convert_to_numpy(by))
+        ys.append(keras.tree.map_structure(ops.convert_to_numpy, by))
     if not xs:
         raise ValueError("The evaluation data is empty.")
-    x = keras.tree.map_structure(lambda *parts: np.concatenate(parts), *xs)
-    return x, np.concatenate(ys)
+    concat = lambda *parts: np.concatenate(parts)  # noqa: E731
+    return keras.tree.map_structure(concat, *xs), keras.tree.map_structure(concat, *ys)

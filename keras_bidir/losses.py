@@ -5,6 +5,22 @@ from keras import ops
 from keras import tree
 
 
+def match_rank(y_true, y_pred):
+    """Keras' rule for compiled loss functions: when the ranks differ by one
+    and one side ends in an axis of size 1, that axis is added to the other
+    (rank 1) or removed; e.g. labels `(batch,)` against outputs `(batch, 1)`."""
+    true_rank, pred_rank = len(y_true.shape), len(y_pred.shape)
+    if pred_rank == true_rank + 1 and y_pred.shape[-1] == 1:
+        if true_rank == 1:
+            return ops.expand_dims(y_true, -1), y_pred
+        return y_true, ops.squeeze(y_pred, -1)
+    if true_rank == pred_rank + 1 and y_true.shape[-1] == 1:
+        if pred_rank == 1:
+            return y_true, ops.expand_dims(y_pred, -1)
+        return ops.squeeze(y_true, -1), y_pred
+    return y_true, y_pred
+
+
 def _unreduced(loss):
     """A callable `(y_true, y_pred) -> per-example loss` for one loss spec."""
     if isinstance(loss, keras.losses.Loss):
@@ -12,9 +28,16 @@ def _unreduced(loss):
         config["reduction"] = None
         return loss.__class__.from_config(config)
     if isinstance(loss, str):
-        return keras.losses.get(loss)  # Functional form: already unreduced.
+        loss = keras.losses.get(loss)  # Functional form: already unreduced.
     if callable(loss):
-        return loss
+
+        def ranked(y_true, y_pred):
+            # Keras wraps loss functions so that label and output ranks match; so do we.
+            if y_true is None or tree.is_nested(y_true) or tree.is_nested(y_pred):
+                return loss(y_true, y_pred)
+            return loss(*match_rank(ops.convert_to_tensor(y_true), ops.convert_to_tensor(y_pred)))
+
+        return ranked
     raise TypeError(f"Cannot use {loss!r} as a loss.")
 
 
@@ -77,13 +100,15 @@ def output_activation_is_softmax(model):
     return name == "softmax"
 
 
-def default_classification_loss(model, y):
+def default_classification_loss(model, y, from_logits=None):
     """Cross-entropy matching the labels' form and the model's output.
 
     Integer labels give sparse cross-entropy, one-hot labels categorical;
-    `from_logits` is False only when the model ends in a softmax.
+    `from_logits` (when not given) is False only when the model ends in a
+    softmax.
     """
-    from_logits = not output_activation_is_softmax(model)
+    if from_logits is None:
+        from_logits = not output_activation_is_softmax(model)
     y = ops.convert_to_tensor(y)
     if "int" in str(y.dtype) or len(y.shape) == 1:
         return keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits)
@@ -99,9 +124,20 @@ def _one_hot_like(y_true, logits):
     return ops.one_hot(labels, num_classes, dtype=logits.dtype)
 
 
-def margin_loss(y_true, logits):
-    """Per-example margin max_{i≠y} z_i − z_y (positive once misclassified)."""
+def two_class_logits(logits):
+    """Logits `(batch, classes)`; a single logit z (binary model) becomes [0, z]."""
     logits = ops.cast(logits, "float32")
+    if logits.shape[-1] == 1:
+        return ops.concatenate([ops.zeros_like(logits), logits], axis=-1)
+    return logits
+
+
+def margin_loss(y_true, logits):
+    """Per-example margin max_{i≠y} z_i − z_y (positive once misclassified).
+
+    A single-logit binary output z is read as the two logits [0, z].
+    """
+    logits = two_class_logits(logits)
     one_hot = _one_hot_like(y_true, logits)
     true_logit = ops.sum(logits * one_hot, axis=-1)
     other = ops.max(ops.where(one_hot > 0, -1e30, logits), axis=-1)
@@ -113,7 +149,8 @@ def dlr_loss(y_true, logits):
 
     −(z_y − max_{i≠y} z_i) / (z_π1 − z_π3): invariant to shifting and scaling
     the logits, so it cannot be defeated by saturating the softmax. With fewer
-    than three classes it falls back to the plain margin.
+    than three classes it falls back to the plain margin; a single binary
+    logit z counts as the two logits [0, z].
 
     Args:
         y_true: integer labels `(batch,)` or one-hot `(batch, classes)`.
@@ -122,7 +159,7 @@ def dlr_loss(y_true, logits):
     Returns:
         A `(batch,)` tensor to ascend.
     """
-    logits = ops.cast(logits, "float32")
+    logits = two_class_logits(logits)
     margin = margin_loss(y_true, logits)
     if logits.shape[-1] < 3:
         return margin

@@ -1,0 +1,189 @@
+"""The result of `evaluate_robustness`: figures per attack, worst case, masking checks."""
+
+
+class Check:
+    """One gradient-masking check: its name, verdict and explanation."""
+
+    def __init__(self, name, passed, message, details=None):
+        self.name = name
+        self.passed = bool(passed)
+        self.message = message
+        self.details = details or {}
+
+    def to_dict(self):
+        return {"name": self.name, "passed": self.passed, "message": self.message,
+                "details": self.details}
+
+    def __repr__(self):
+        return f"Check({self.name!r}, {'passed' if self.passed else 'FAILED'})"
+
+
+class RobustnessReport:
+    """Result of `evaluate_robustness`.
+
+    For a classifier the measure is accuracy (higher is better); for a
+    regression model it is the model's loss (e.g. mean squared error; higher
+    is worse), and the worst case per example is its largest loss over the
+    attacks.
+
+    Attributes:
+        measure: `"accuracy"` or the name of the loss measured.
+        clean: the measure on unperturbed inputs.
+        epsilons: the radii evaluated.
+        by_attack: `{attack_name: {epsilon: value}}`.
+        worst_case: `{epsilon: value}`, the per-example worst case over all
+            attacks (and their restarts).
+        checks: list of `Check` (gradient-masking checks).
+        num_examples: examples evaluated.
+        norm: the attacks' norm.
+        output: the evaluated output head (None for single-output models).
+
+    Classifier reports also answer `clean_accuracy`, `accuracy` and
+    `robust_accuracy`; regression reports `clean_loss`, `loss` and
+    `worst_loss`.
+    """
+
+    def __init__(self, clean, epsilons, by_attack, worst_case, checks, num_examples, norm,
+                 measure="accuracy", output=None):
+        self.clean = clean
+        self.epsilons = list(epsilons)
+        self.by_attack = by_attack
+        self.worst_case = worst_case
+        self.checks = checks
+        self.num_examples = num_examples
+        self.norm = norm
+        self.measure = measure
+        self.output = output
+
+    @property
+    def is_accuracy(self):
+        return self.measure == "accuracy"
+
+    def _only(self, accuracy, name):
+        if self.is_accuracy != accuracy:
+            kind = "a classifier" if self.is_accuracy else f"a regression model ({self.measure})"
+            other = ("clean_accuracy / accuracy / robust_accuracy" if self.is_accuracy
+                     else "clean_loss / loss / worst_loss")
+            raise AttributeError(f"This report is for {kind}: it has no {name}; read {other}.")
+
+    @property
+    def clean_accuracy(self):
+        self._only(True, "clean_accuracy")
+        return self.clean
+
+    @property
+    def accuracy(self):
+        self._only(True, "accuracy")
+        return self.by_attack
+
+    @property
+    def robust_accuracy(self):
+        self._only(True, "robust_accuracy")
+        return self.worst_case
+
+    @property
+    def clean_loss(self):
+        self._only(False, "clean_loss")
+        return self.clean
+
+    @property
+    def loss(self):
+        self._only(False, "loss")
+        return self.by_attack
+
+    @property
+    def worst_loss(self):
+        self._only(False, "worst_loss")
+        return self.worst_case
+
+    @property
+    def passed_checks(self):
+        """True when every gradient-masking check passed."""
+        return all(check.passed for check in self.checks)
+
+    def format(self, value):
+        """A value of the measure as text: a percentage or a loss."""
+        return f"{value:.1%}" if self.is_accuracy else f"{value:.4g}"
+
+    def to_dict(self):
+        key = "accuracy" if self.is_accuracy else "loss"
+        return {
+            "num_examples": self.num_examples,
+            "norm": self.norm,
+            "measure": self.measure,
+            "output": self.output,
+            f"clean_{key}": self.clean,
+            "epsilons": self.epsilons,
+            key: {a: {str(e): v for e, v in r.items()} for a, r in self.by_attack.items()},
+            "robust_accuracy" if self.is_accuracy else "worst_loss":
+                {str(e): v for e, v in self.worst_case.items()},
+            "checks": [check.to_dict() for check in self.checks],
+        }
+
+    def to_markdown(self):
+        header = ["attack"] + [f"ε={e:g}" for e in self.epsilons]
+        head = f", output '{self.output}'" if self.output is not None else ""
+        title = "Clean accuracy" if self.is_accuracy else f"Clean {self.measure} (higher is worse)"
+        lines = [
+            f"{title}: {self.format(self.clean)} ({self.num_examples} examples, {self.norm}{head})",
+            "",
+            "| " + " | ".join(header) + " |",
+            "|" + "---|" * len(header),
+        ]
+        for name, row in self.by_attack.items():
+            lines.append("| " + " | ".join([name] + [self.format(row[e]) for e in self.epsilons]) + " |")
+        lines.append(
+            "| **worst case** | "
+            + " | ".join(f"**{self.format(self.worst_case[e])}**" for e in self.epsilons)
+            + " |"
+        )
+        lines.append("")
+        lines.append("Gradient-masking checks:")
+        for check in self.checks:
+            mark = "pass" if check.passed else "FAIL"
+            lines.append(f"- [{mark}] {check.name}: {check.message}")
+        return "\n".join(lines)
+
+    def plot(self, path=None):
+        """The measure against ε, one curve per attack plus the worst case.
+
+        Args:
+            path: where to save a PNG; None returns the figure unsaved.
+
+        Returns:
+            The matplotlib figure.
+        """
+        try:
+            import matplotlib
+
+            if path is not None:
+                matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+        except ImportError as error:
+            raise ImportError("plot() needs matplotlib: pip install 'keras-bidir[plot]'.") from error
+        scale = 100 if self.is_accuracy else 1
+        figure, axis = plt.subplots(figsize=(5.5, 3.8))
+        xs = [0.0] + self.epsilons
+        for name, row in self.by_attack.items():
+            axis.plot(xs, [scale * self.clean] + [scale * row[e] for e in self.epsilons],
+                      marker="o", label=name, alpha=0.8)
+        axis.plot(xs, [scale * self.clean] + [scale * self.worst_case[e] for e in self.epsilons],
+                  marker="s", color="black", linewidth=2, label="worst case")
+        axis.set_xlabel(f"ε ({self.norm})")
+        if self.is_accuracy:
+            axis.set_ylabel("accuracy (%)")
+            axis.set_ylim(0, 100)
+        else:
+            axis.set_ylabel(f"{self.measure} (higher is worse)")
+        axis.grid(alpha=0.3)
+        axis.legend()
+        figure.tight_layout()
+        if path is not None:
+            figure.savefig(path, dpi=120)
+            plt.close(figure)
+        return figure
+
+    def __repr__(self):
+        worst = ", ".join(f"ε={e:g}: {self.format(v)}" for e, v in self.worst_case.items())
+        name = "clean" if self.is_accuracy else f"clean {self.measure}"
+        return f"RobustnessReport({name}={self.format(self.clean)}, worst case {worst})"
