@@ -5,8 +5,10 @@ taken over all remaining axes.
 """
 
 import math
+import numbers
 
 import keras
+import numpy as np
 from keras import ops
 
 from keras_bidir import backend
@@ -30,7 +32,7 @@ def standardize_norm(norm):
             return "linf"
         if key in ("l2", "2"):
             return "l2"
-    elif isinstance(norm, (int, float)) and not isinstance(norm, bool):
+    elif isinstance(norm, numbers.Real) and not isinstance(norm, (bool, np.bool_)):
         if math.isinf(norm) and norm > 0:
             return "linf"
         if norm == 2:

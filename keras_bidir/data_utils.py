@@ -1,6 +1,7 @@
 """Looking at one batch of the user's data before Keras starts training."""
 
 import inspect
+import warnings
 
 import keras
 import numpy as np
@@ -117,3 +118,51 @@ def validate_arrays(x, model):
                 f"Input '{spec.name}' expects examples of shape {expected}, but the data has "
                 f"examples of shape {got} (array shape {tuple(value.shape)}).{hint}"
             )
+
+
+def check_data_range(policy, inputs):
+    """Checks one batch of the perturbed inputs against the policy's range and radius.
+
+    Args:
+        policy: the input policy (its `clip_min` / `clip_max`, and `epsilon`
+            and `norm` when it has them).
+        inputs: list of arrays, the inputs the policy perturbs.
+
+    Raises:
+        ValueError: when the data lies outside `[clip_min, clip_max]`: every
+            perturbed input would be clamped into that range.
+
+    Warns:
+        When ε is larger than the whole data range (all perturbations of that
+        size are equally meaningless).
+    """
+    low, high = policy.clip_min, policy.clip_max
+    epsilon = getattr(policy, "epsilon", None)
+    for value in inputs:
+        value = np.asarray(value, dtype="float64")
+        if value.size == 0 or not np.isfinite(value).any():
+            continue  # Empty / all-NaN batches are reported elsewhere.
+        seen_min, seen_max = float(np.nanmin(value)), float(np.nanmax(value))
+        slack = 1e-6 * max(1.0, abs(seen_min), abs(seen_max))
+        if (low is not None and seen_min < low - slack) or (high is not None and seen_max > high + slack):
+            raise ValueError(
+                f"The training inputs lie in [{seen_min:g}, {seen_max:g}], outside the policy's "
+                f"data range [clip_min={low}, clip_max={high}]: every perturbed input would be "
+                "clamped into that range. Scale the data into it (e.g. x / 255.0 for 8-bit "
+                "images), or give the policy the data's own range (clip_min / clip_max; None "
+                "leaves that side open)."
+            )
+        if epsilon is None:
+            continue
+        span = (high - low) if low is not None and high is not None else seen_max - seen_min
+        if getattr(policy, "norm", "linf") == "l2":
+            span *= float(np.sqrt(value[0].size))
+        if span > 0 and epsilon > span:
+            warnings.warn(
+                f"epsilon={epsilon:g} ({getattr(policy, 'norm', 'linf')}) is larger than the "
+                f"whole data range ({span:g} for inputs in [{seen_min:g}, {seen_max:g}]): the "
+                "perturbation can replace an input entirely. Pick ε on the data's scale "
+                "(e.g. 0.1–0.3 for images in [0, 1]).",
+                stacklevel=3,
+            )
+            return

@@ -1,7 +1,9 @@
 """Adversarial copies of the user's compiled metrics (`adv_accuracy`, ...)."""
 
 import keras
+from keras import ops
 from keras import tree
+from keras.src.trainers.compile_utils import CompileLoss
 from keras.src.trainers.compile_utils import CompileMetrics
 
 
@@ -35,6 +37,37 @@ class PrefixedCompileMetrics(CompileMetrics):
         if not self.built:
             return {}
         return {f"{self.prefix}{k}": v for k, v in super().result().items()}
+
+
+class StepMean(keras.metrics.Mean):
+    """A `Mean` that reads NaN, not 0, when nothing was counted.
+
+    The step's losses are weighted by 0 when a step is skipped (NaN / Inf);
+    an epoch in which no step counted then shows `loss: nan`, never a loss of
+    0.0 that looks like perfect training.
+    """
+
+    def result(self):
+        count = ops.cast(self.count, self.dtype)
+        return ops.where(count > 0, self.total / ops.maximum(count, 1e-30), float("nan"))
+
+
+class PrefixedCompileLoss(CompileLoss):
+    """Keras' compiled-loss container whose per-output loss metrics carry a prefix.
+
+    The adversarial pass of a multi-output model logs `adv_<output>_loss`
+    beside the clean `<output>_loss`.
+    """
+
+    def __init__(self, loss, loss_weights, prefix, output_names=None):
+        super().__init__(loss, loss_weights, output_names=output_names)
+        self.prefix = prefix
+
+    def build(self, y_true, y_pred):
+        super().build(y_true, y_pred)
+        for metric in self.metrics:
+            if not metric.name.startswith(self.prefix):
+                metric.name = f"{self.prefix}{metric.name}"
 
 
 def update_labeled(container, y_true, y_pred, labeled, sample_weight=None):

@@ -14,15 +14,19 @@ from keras_bidir import data_utils
 from keras_bidir import inputs as inputs_lib
 from keras_bidir import losses as losses_lib
 from keras_bidir import policies as policies_lib
+from keras_bidir.metrics import PrefixedCompileLoss
 from keras_bidir.metrics import PrefixedCompileMetrics
+from keras_bidir.metrics import StepMean
 from keras_bidir.metrics import clone_metric_spec
 from keras_bidir.metrics import update_labeled
 from keras_bidir.policies.base import PerturbationContext
+from keras_bidir.policies.base import is_real
 from keras_bidir.policies.base import site_objective
 from keras_bidir.sites import Sites
 from keras_bidir.sites import apply_masks
 
 ATTACK_MODES = ("inference", "training")
+_UNSET = object()
 
 
 def _unpack(data):
@@ -49,7 +53,7 @@ def _mean_loss(per_example, sample_weight):
 
 
 def _check_weight(name, value):
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if not is_real(value):
         raise ValueError(f"{name} must be a number >= 0, got {value!r}.")
     if not math.isfinite(value) or value < 0:
         raise ValueError(f"{name} must be finite and >= 0, got {value!r}.")
@@ -154,6 +158,7 @@ class BidirectionalModel(keras.Model):
         seed=None,
         **kwargs,
     ):
+        backend.check_supported()
         super().__init__(**kwargs)
         if not isinstance(base_model, keras.layers.Layer):
             raise TypeError(
@@ -167,22 +172,11 @@ class BidirectionalModel(keras.Model):
                 "model (its .base_model) instead."
             )
         self.base_model = base_model
-        self.policy = policies_lib.get(policy)
-        self.adversarial_weight = _check_weight("adversarial_weight", adversarial_weight)
-        if self.adversarial_weight == 0:
-            raise ValueError(
-                "adversarial_weight must be > 0: with 0 the policy has no effect. "
-                "Train the base model directly for ordinary training."
-            )
-        if clean_weight is None:
-            clean_weight = float(getattr(self.policy, "default_clean_weight", 0.0))
-        self.clean_weight = _check_weight("clean_weight", clean_weight)
-        if self.clean_weight == 0 and getattr(self.policy, "default_clean_weight", 0.0) > 0:
-            raise ValueError(
-                f"{type(self.policy).__name__} trains on the clean loss plus its own "
-                "divergence term: clean_weight must be > 0 (leave it unset for the "
-                f"policy's default, {self.policy.default_clean_weight})."
-            )
+        for name in ("_policy", "_adversarial_weight", "_clean_weight"):
+            object.__setattr__(self, name, _UNSET)  # Not None: Keras skips `x = x` assignments.
+        self.policy = policy
+        self.adversarial_weight = adversarial_weight
+        self.clean_weight = clean_weight
         if perturb is not None:
             perturb = [perturb] if isinstance(perturb, str) else list(perturb)
         self.perturb_names = perturb
@@ -202,15 +196,68 @@ class BidirectionalModel(keras.Model):
         )
         self._policy_state = []
         self._policy_state_dtypes = []
-        self.adv_loss_tracker = keras.metrics.Mean(name="adv_loss")
-        self.clean_loss_tracker = (
-            keras.metrics.Mean(name="clean_loss") if self.clean_weight > 0 else None
-        )
+        self.adv_loss_tracker = StepMean(name="adv_loss")
+        self.clean_loss_tracker = StepMean(name="clean_loss")
         self.perturbation_norm_tracker = keras.metrics.Mean(name="perturbation_norm")
         self.nonfinite_tracker = keras.metrics.Sum(name="nonfinite_batches")
         object.__setattr__(self, "_adv_compile_metrics", None)
+        object.__setattr__(self, "_adv_compile_loss", None)
         object.__setattr__(self, "_bidir_attack_loss", None)
         object.__setattr__(self, "_bidir_loss_spec", None)
+
+    # -- what the step optimizes: settable between fits --------------------------
+    @property
+    def policy(self):
+        """The input policy; assigning a new one takes effect on the next step."""
+        return self._policy
+
+    @policy.setter
+    def policy(self, value):
+        object.__setattr__(self, "_policy", policies_lib.get(value))
+        self._objective_changed()
+
+    @property
+    def adversarial_weight(self):
+        """λ, the weight of the loss on perturbed inputs (> 0); settable."""
+        return self._adversarial_weight
+
+    @adversarial_weight.setter
+    def adversarial_weight(self, value):
+        value = _check_weight("adversarial_weight", value)
+        if value == 0:
+            raise ValueError(
+                "adversarial_weight must be > 0: with 0 the policy has no effect. "
+                "Train the base model directly for ordinary training."
+            )
+        object.__setattr__(self, "_adversarial_weight", value)
+        self._objective_changed()
+
+    @property
+    def clean_weight(self):
+        """c, the weight of the loss on clean inputs (>= 0); settable (None: the
+        policy's default)."""
+        return self._clean_weight
+
+    @clean_weight.setter
+    def clean_weight(self, value):
+        if value is None:
+            value = getattr(self.policy, "default_clean_weight", 0.0)
+        object.__setattr__(self, "_clean_weight", _check_weight("clean_weight", value))
+        self._objective_changed()
+
+    def _objective_changed(self):
+        """Checks the objective and makes the next step use it (retraces)."""
+        if _UNSET in (self._policy, self._adversarial_weight, self._clean_weight):
+            return  # Still being constructed.
+        if self._clean_weight == 0 and getattr(self._policy, "default_clean_weight", 0.0) > 0:
+            raise ValueError(
+                f"{type(self._policy).__name__} trains on the clean loss plus its own "
+                "divergence term: clean_weight must be > 0 (leave it unset for the "
+                f"policy's default, {self._policy.default_clean_weight}; when switching "
+                "policies, set model.clean_weight first)."
+            )
+        if getattr(self, "train_function", None) is not None:
+            self.make_train_function(force=True)
 
     # -- Keras model protocol ----------------------------------------------------
     def call(self, inputs, training=None):
@@ -243,6 +290,14 @@ class BidirectionalModel(keras.Model):
             metrics=metrics,
             weighted_metrics=weighted_metrics,
             **kwargs,
+        )
+        # The loss tracker reads NaN, not 0.0, when every step was skipped; the
+        # adversarial pass logs its per-output losses as adv_<output>_loss.
+        object.__setattr__(self, "_loss_tracker", StepMean(name="loss"))
+        object.__setattr__(
+            self,
+            "_adv_compile_loss",
+            PrefixedCompileLoss(loss, loss_weights, "adv_", self._compile_loss.output_names),
         )
         object.__setattr__(
             self, "_bidir_attack_loss", losses_lib.per_example_loss_fn(loss, loss_weights)
@@ -286,20 +341,56 @@ class BidirectionalModel(keras.Model):
 
     @property
     def metrics(self):
-        metrics = super().metrics
+        """The metrics of the plain compiled model (what `evaluate` reports).
+
+        The adversarial side of the training step has its own, logged by
+        `fit` only: see `training_metrics`.
+        """
+        training_only = {id(m) for m in self._all_training_metrics()}
+        return [m for m in super().metrics if id(m) not in training_only]
+
+    def _all_training_metrics(self):
+        metrics = [self.adv_loss_tracker, self.clean_loss_tracker,
+                   self.perturbation_norm_tracker, self.nonfinite_tracker]
+        if self._adv_compile_loss is not None:
+            metrics += self._adv_compile_loss.metrics
         if self._adv_compile_metrics is not None:
-            metrics = metrics + [self._adv_compile_metrics]
+            metrics.append(self._adv_compile_metrics)
         return metrics
 
-    def _training_only_metric_names(self):
-        names = {
-            self.adv_loss_tracker.name,
-            self.perturbation_norm_tracker.name,
-            self.nonfinite_tracker.name,
-        }
-        if self.clean_loss_tracker is not None:
-            names.add(self.clean_loss_tracker.name)
-        return names
+    @property
+    def training_metrics(self):
+        """The metrics `fit` logs beside `metrics`: `adv_loss`, the
+        per-output `adv_<output>_loss`, `adv_<metric>`, `clean_loss` (when
+        `clean_weight > 0`), `perturbation_norm` and `nonfinite_batches`."""
+        return [m for m in self._all_training_metrics()
+                if m is not self.clean_loss_tracker or self.clean_weight > 0]
+
+    def reset_metrics(self):
+        super().reset_metrics()
+        for metric in self._all_training_metrics():
+            metric.reset_state()
+
+    @staticmethod
+    def _results(metrics):
+        logs = {}
+        for metric in metrics:
+            if not getattr(metric, "built", True):
+                continue  # Never updated: clean_metrics=False, or no labels yet.
+            result = metric.result()
+            logs.update(result if isinstance(result, dict) else {metric.name: result})
+        return logs
+
+    def get_metrics_result(self):
+        # With the training metrics, so that fit's epoch logs are read from the
+        # metrics themselves (exact under tf.distribute); evaluate's logs, which
+        # lack them, are taken from the test step as Keras does.
+        return self._results(self.metrics + self.training_metrics)
+
+    def _train_logs(self):
+        """The step's logs: clean metrics (when measured), then the adversarial side."""
+        clean = [m for m in self.metrics if self.clean_metrics or m is not self._compile_metrics]
+        return self._results(clean + self.training_metrics)
 
     # -- building --------------------------------------------------------------
     def _sites(self, x):
@@ -321,7 +412,10 @@ class BidirectionalModel(keras.Model):
         # compiled ones): creating their variables inside a distributed step
         # is not possible.
         adv_metrics = self._adv_compile_metrics
-        if adv_metrics is not None and not adv_metrics.built:
+        adv_loss = self._adv_compile_loss
+        unbuilt = (adv_metrics is not None and not adv_metrics.built) or (
+            adv_loss is not None and not adv_loss.built)
+        if unbuilt:
             if data_batch is None:
                 for _, _, data_or_iterator in iterator:
                     if isinstance(data_or_iterator, (list, tuple)):
@@ -338,7 +432,11 @@ class BidirectionalModel(keras.Model):
             x, y, sample_weight = _unpack(data_batch)
 
             def build_adv_metrics(x, y, sample_weight):
-                adv_metrics.update_state(y, self(x, training=False), sample_weight)
+                outputs = self(x, training=False)
+                if adv_metrics is not None:
+                    adv_metrics.update_state(y, outputs, sample_weight)
+                if adv_loss is not None:
+                    adv_loss(y, outputs, sample_weight)
                 return y
 
             if y is not None:
@@ -427,17 +525,24 @@ class BidirectionalModel(keras.Model):
                 "final Dense layer."
             )
 
+    def _check_data(self, x_batch):
+        """A batch against the policy's data range and radius."""
+        sites = self._sites(x_batch)
+        data_utils.check_data_range(self.policy, inputs_lib.select_inputs(x_batch, sites.input_indices))
+
     def fit(self, x=None, y=None, batch_size=None, *args, **kwargs):
         data_utils.validate_arrays(x, self.base_model)
         self._check_label_range(y)
-        if self._needs_policy_state():
+        if x is not None:
             x_batch, x = data_utils.peek_inputs(x, batch_size)
+            self._check_data(x_batch)
             self.build_policy_state(x_batch)
         callbacks = list(kwargs.pop("callbacks", None) or [])
         callbacks.append(_NonFiniteWarning())
         return super().fit(x, y, batch_size, *args, callbacks=callbacks, **kwargs)
 
     def train_on_batch(self, x, y=None, *args, **kwargs):
+        self._check_data(x)
         self.build_policy_state(x)
         return super().train_on_batch(x, y, *args, **kwargs)
 
@@ -614,7 +719,7 @@ class BidirectionalModel(keras.Model):
                         clean_loss = self._compile_loss(y, outputs, label_weight) * label_scale
                 policy_loss = self.policy.adversarial_loss(y, outputs, adv_outputs)
                 if policy_loss is None:
-                    adv_loss = self._compile_loss(y, adv_outputs, label_weight) * label_scale
+                    adv_loss = self._adv_compile_loss(y, adv_outputs, label_weight) * label_scale
                 else:
                     adv_loss = _mean_loss(policy_loss, sample_weight)
                 total = adv_loss * self.adversarial_weight
@@ -647,7 +752,7 @@ class BidirectionalModel(keras.Model):
 
             self._loss_tracker.update_state(kept(total), sample_weight=weight)
             self.adv_loss_tracker.update_state(kept(adv_loss), sample_weight=weight)
-            if clean_loss is not None:
+            if clean_loss is not None and self.clean_weight > 0:
                 self.clean_loss_tracker.update_state(kept(clean_loss), sample_weight=weight)
             self.perturbation_norm_tracker.update_state(
                 self._perturbation_norm(clean, adversarial)
@@ -709,14 +814,15 @@ class BidirectionalModel(keras.Model):
                 clean_outputs = self(x, training=attack_training)
             if y is not None:
                 update_metrics(self._compile_metrics, clean_outputs)
-        return backend.step_logs(self.get_metrics_result())
+                if self.clean_weight == 0 and tree.is_nested(clean_outputs):
+                    # The clean per-output losses (<output>_loss) of a multi-output
+                    # model, from outputs the step already has.
+                    self._compile_loss(y, clean_outputs, label_weight)
+        return backend.step_logs(self._train_logs())
 
     def test_step(self, data):
-        logs = super().test_step(data)
-        hidden = self._training_only_metric_names()
-        return backend.step_logs(
-            {k: v for k, v in logs.items() if k not in hidden and not k.startswith("adv_")}
-        )
+        super().test_step(data)  # Keras' step updates the loss and the compiled metrics.
+        return backend.step_logs(self._results(self.metrics))
 
     # -- serialization ---------------------------------------------------------------
     def get_config(self):

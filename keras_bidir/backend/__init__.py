@@ -24,6 +24,18 @@ update taken only when a flag holds, on every replica alike) and
 import keras
 
 _BACKEND = keras.backend.backend()
+SUPPORTED_BACKENDS = ("tensorflow",)
+
+
+def check_supported():
+    """Raises a clear error when the active Keras backend is not supported."""
+    if _BACKEND not in SUPPORTED_BACKENDS:
+        raise RuntimeError(
+            f"keras-bidir trains on the TensorFlow backend only for now; the active Keras "
+            f"backend is {_BACKEND!r}. Set the environment variable KERAS_BACKEND=tensorflow "
+            "before Python imports keras (e.g. `KERAS_BACKEND=tensorflow python train.py`). "
+            "JAX support is planned."
+        )
 
 if _BACKEND == "tensorflow":
     from keras_bidir.backend.tensorflow import accumulate  # noqa: F401

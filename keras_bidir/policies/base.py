@@ -1,8 +1,10 @@
 """The input-policy protocol shared by every policy family."""
 
 import math
+import numbers
 
 import keras
+import numpy as np
 from keras import ops
 
 from keras_bidir import backend
@@ -13,12 +15,28 @@ from keras_bidir.sites import apply_masks
 from keras_bidir import losses as losses_lib
 
 
+def is_real(value):
+    """True for Python and NumPy real numbers (not bools)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+
+
+def is_integer(value):
+    """True for Python and NumPy integers (not bools)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
+
+
 def check_positive(name, value, allow_none=False):
-    """Raises a clear ValueError unless `value` is a finite number > 0."""
+    """Raises a clear ValueError unless `value` is a finite real number > 0.
+
+    Returns:
+        `value` as a Python float (NumPy scalars included).
+    """
     if value is None and allow_none:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{name} must be a positive number, got {value!r}.")
+    if not is_real(value):
+        raise ValueError(
+            f"{name} must be a positive number, got {value!r} of type {type(value).__name__}."
+        )
     if not math.isfinite(value) or value <= 0:
         raise ValueError(
             f"{name} must be finite and > 0, got {value!r}. "
@@ -28,10 +46,10 @@ def check_positive(name, value, allow_none=False):
 
 
 def check_count(name, value, minimum=1):
-    """Raises unless `value` is an integer >= `minimum`."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+    """Raises unless `value` is an integer >= `minimum`; returns it as a Python int."""
+    if not is_integer(value) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}.")
-    return value
+    return int(value)
 
 
 class PerturbationContext:
@@ -143,11 +161,7 @@ class InputPolicy:
 
     def __init__(self, clip_min=None, clip_max=None, direction=1, seed=None):
         for name, value in (("clip_min", clip_min), ("clip_max", clip_max)):
-            if value is not None and (
-                isinstance(value, bool)
-                or not isinstance(value, (int, float))
-                or not math.isfinite(value)
-            ):
+            if value is not None and (not is_real(value) or not math.isfinite(value)):
                 raise ValueError(f"{name} must be a finite number or None, got {value!r}.")
         if clip_min is not None and clip_max is not None and clip_min >= clip_max:
             raise ValueError(
