@@ -52,9 +52,17 @@ def perturbable_indices(x, perturb=None, model=None):
         wanted = [perturb] if isinstance(perturb, str) else list(perturb)
         unknown = [n for n in wanted if n not in names]
         if unknown:
+            layers = _inner_layer_names(model)
+            inner = [n for n in unknown if n in layers]
+            hint = (
+                f" {inner!r} are layers inside the model, not inputs: put a PerturbationPoint "
+                f"after one with keras_bidir.layers.insert_perturbation_point(model, "
+                f"after={inner[0]!r}) and wrap the model it returns."
+                if inner else ""
+            )
             raise ValueError(
                 f"perturb={wanted!r} names inputs {unknown!r} that the batch does "
-                f"not have. Available inputs: {names!r}."
+                f"not have. Available inputs: {names!r}.{hint}"
             )
         indices = [names.index(n) for n in wanted]
         not_float = [names[i] for i in indices if not _is_float(flat[i])]
@@ -92,3 +100,10 @@ def select_inputs(x, indices):
     """The flattened inputs of `x` at `indices`."""
     flat = tree.flatten(x)
     return [flat[i] for i in indices]
+
+
+def _inner_layer_names(model):
+    """Names of every layer nested in `model` (empty for None)."""
+    base = getattr(model, "base_model", model)
+    flatten = getattr(base, "_flatten_layers", None)
+    return {layer.name for layer in flatten(include_self=False)} if flatten else set()

@@ -129,3 +129,66 @@ def find_points(model):
     if duplicates:
         raise ValueError(f"PerturbationPoint names must be unique; repeated: {duplicates}.")
     return points
+
+
+def insert_perturbation_point(model, after, name=None, mask_input="padding_mask"):
+    """A copy of a Functional model with a `PerturbationPoint` after one of its layers.
+
+    For models you did not write, such as a keras-hub backbone, whose code
+    you cannot edit to place the point yourself. The copy shares every layer
+    (and so every weight) with `model`; only the point is new. It is a plain
+    Functional model, saved and loaded like any other.
+
+    Padding positions are never perturbed: the point takes the model input
+    named `mask_input` (keras-hub's BERT-style backbones take
+    `padding_mask`, 1 for real tokens and 0 for padding) as its mask, or the
+    Keras mask of the activation when the model has no such input.
+
+    Args:
+        model: a Functional model (keras-hub backbones are Functional).
+        after: name of the layer whose output is perturbed, e.g.
+            `"embeddings_layer_norm"` for BERT (`model.summary()` lists them).
+        name: the point's name (default `"<after>_perturbation"`), which
+            `BidirectionalModel(perturb=[...])` may refer to.
+        mask_input: name of the input holding the padding mask, or None.
+
+    Returns:
+        A new Functional model with the same inputs and outputs.
+
+    Example:
+
+    ```python
+    backbone = keras_hub.models.BertBackbone.from_preset("bert_tiny_en_uncased")
+    perturbable = keras_bidir.layers.insert_perturbation_point(
+        backbone, after="embeddings_layer_norm")
+    inputs = perturbable.input
+    logits = keras.layers.Dense(2)(perturbable(inputs)["pooled_output"])
+    model = keras_bidir.BidirectionalModel(
+        keras.Model(inputs, logits), policy=keras_bidir.policies.FreeLB(0.1, steps=2))
+    ```
+    """
+    if not isinstance(model, keras.Model) or not hasattr(model, "_run_through_graph"):
+        raise TypeError(
+            f"insert_perturbation_point needs a Functional model (keras-hub backbones are), got "
+            f"{type(model).__name__}. In a subclassed model, place "
+            "keras_bidir.layers.PerturbationPoint() in call() yourself."
+        )
+    names = [layer.name for layer in model.layers]
+    if after not in names:
+        raise ValueError(f"The model has no layer named {after!r}. Its layers: {names}.")
+    point = PerturbationPoint(name=name or f"{after}_perturbation")
+    inputs = keras.tree.map_structure(
+        lambda x: keras.Input(batch_shape=x.shape, dtype=x.dtype, name=x.name), model.input
+    )
+    by_name = {x.name: x for x in keras.tree.flatten(inputs)}
+    mask = by_name.get(mask_input) if mask_input is not None else None
+
+    def call(layer, *args, **kwargs):
+        outputs = layer(*args, **kwargs)
+        if layer.name != after:
+            return outputs
+        return point(outputs) if mask is None else point(outputs, mask=mask)
+
+    return keras.models.clone_model(
+        model, input_tensors=inputs, clone_function=lambda layer: layer, call_function=call
+    )
