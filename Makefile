@@ -10,10 +10,13 @@ STAMP  := $(VENV)/.installed
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 10), "keras-bidir needs Python >= 3.10"'
+	@echo "== Setting up $(VENV) (first run only): TensorFlow, Keras, keras-hub, JAX and the test tools,"
+	@echo "== about 1 GB to download and install; allow 4-6 minutes on a 2-core machine. =="
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[test,plot]"
+	$(BIN)/python -m pip install --progress-bar on -e ".[test,plot]"
 	touch $(STAMP)
+	@echo "== $(VENV) is ready. =="
 
 demo: $(STAMP)
 	$(BIN)/keras-bidir demo

@@ -13,9 +13,28 @@ import argparse
 import os
 import sys
 
-import keras
 
-import keras_bidir as kb  # (+)
+def build_parser():
+    """The example's arguments (parsed before TensorFlow loads: --help answers at once)."""
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--smoke", action="store_true", help="bundled digits, offline")
+    parser.add_argument("--epochs", type=int, default=None)
+    parser.add_argument("--output-dir", default="outputs/add_to_existing_model")
+    parser.add_argument("--verbose", action="store_true",
+                        help="show TensorFlow's native start-up log")
+    return parser
+
+
+if __name__ == "__main__":
+    _args = build_parser().parse_args()
+    from keras_bidir_cli import import_quietly
+
+    import_quietly(verbose=_args.verbose)  # hides TensorFlow's native start-up log
+
+import keras  # noqa: E402
+
+import keras_bidir as kb  # (+)  # noqa: E402
 
 
 def make_model(input_shape):
@@ -61,12 +80,7 @@ def train_robust(data, epochs, output_dir, epsilon):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--smoke", action="store_true", help="bundled digits, offline")
-    parser.add_argument("--epochs", type=int, default=None)
-    parser.add_argument("--output-dir", default="outputs/add_to_existing_model")
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     os.makedirs(args.output_dir, exist_ok=True)
     if args.smoke:
         data, epochs, epsilon = kb.datasets.load_digits(), args.epochs or 15, 0.2

@@ -16,9 +16,30 @@ import argparse
 import os
 import sys
 
-import keras
 
-import keras_bidir as kb
+def build_parser():
+    """The example's arguments (parsed before TensorFlow loads: --help answers at once)."""
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--smoke", action="store_true", help="bundled digits, tiny ResNet, offline")
+    parser.add_argument("--epochs", type=int, default=None)
+    parser.add_argument("--data-dir", default=None, help="TFDS data directory")
+    parser.add_argument("--limit", type=int, default=None, help="examples per split from TFDS")
+    parser.add_argument("--output-dir", default="outputs/cifar10_fast_at")
+    parser.add_argument("--verbose", action="store_true",
+                        help="show TensorFlow's native start-up log")
+    return parser
+
+
+if __name__ == "__main__":
+    _args = build_parser().parse_args()
+    from keras_bidir_cli import import_quietly
+
+    import_quietly(verbose=_args.verbose)  # hides TensorFlow's native start-up log
+
+import keras  # noqa: E402
+
+import keras_bidir as kb  # noqa: E402
 
 
 @keras.saving.register_keras_serializable(package="examples")
@@ -111,14 +132,7 @@ def run(train, test, epochs=15, batch_size=128, peak_lr=0.2, widths=(64, 128, 25
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--smoke", action="store_true", help="bundled digits, tiny ResNet, offline")
-    parser.add_argument("--epochs", type=int, default=None)
-    parser.add_argument("--data-dir", default=None, help="TFDS data directory")
-    parser.add_argument("--limit", type=int, default=None, help="examples per split from TFDS")
-    parser.add_argument("--output-dir", default="outputs/cifar10_fast_at")
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     if args.smoke:
         (x_train, y_train), (x_test, y_test) = kb.datasets.load_digits()
         rgb = lambda x: x.repeat(3, axis=-1)  # noqa: E731  8×8 grey → 8×8×3

@@ -13,9 +13,30 @@ import argparse
 import os
 import sys
 
-import keras
 
-import keras_bidir as kb
+def build_parser():
+    """The example's arguments (parsed before TensorFlow loads: --help answers at once)."""
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--smoke", action="store_true", help="bundled digits, few epochs, offline")
+    parser.add_argument("--epochs", type=int, default=None)
+    parser.add_argument("--data-dir", default=None, help="TFDS data directory")
+    parser.add_argument("--limit", type=int, default=None, help="examples per split from TFDS")
+    parser.add_argument("--output-dir", default="outputs/mnist_pgd")
+    parser.add_argument("--verbose", action="store_true",
+                        help="show TensorFlow's native start-up log")
+    return parser
+
+
+if __name__ == "__main__":
+    _args = build_parser().parse_args()
+    from keras_bidir_cli import import_quietly
+
+    import_quietly(verbose=_args.verbose)  # hides TensorFlow's native start-up log
+
+import keras  # noqa: E402
+
+import keras_bidir as kb  # noqa: E402
 
 
 def build_cnn(input_shape, num_classes=10, width=32, seed=0):
@@ -70,14 +91,7 @@ def run(train, test, epsilon, steps, epochs, batch_size=128, eval_examples=1000,
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--smoke", action="store_true", help="bundled digits, few epochs, offline")
-    parser.add_argument("--epochs", type=int, default=None)
-    parser.add_argument("--data-dir", default=None, help="TFDS data directory")
-    parser.add_argument("--limit", type=int, default=None, help="examples per split from TFDS")
-    parser.add_argument("--output-dir", default="outputs/mnist_pgd")
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     if args.smoke:
         train, test = kb.datasets.load_digits()
         return run(train, test, epsilon=0.2, steps=7, epochs=args.epochs or 8,

@@ -12,12 +12,32 @@ import argparse
 import os
 import sys
 
-import keras
-import keras_hub
-import numpy as np
-import tensorflow as tf
 
-import keras_bidir as kb
+def build_parser():
+    """The example's arguments (parsed before TensorFlow loads: --help answers at once)."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", default="imdb_reviews", choices=["imdb_reviews", "glue/sst2"])
+    parser.add_argument("--smoke", action="store_true", help="generated corpus, few epochs, offline")
+    parser.add_argument("--epochs", type=int, default=None)
+    parser.add_argument("--limit", type=int, default=None, help="examples per split from TFDS")
+    parser.add_argument("--output-dir", default="outputs/text_freelb")
+    parser.add_argument("--verbose", action="store_true",
+                        help="show TensorFlow's native start-up log")
+    return parser
+
+
+if __name__ == "__main__":
+    _args = build_parser().parse_args()
+    from keras_bidir_cli import import_quietly
+
+    import_quietly(verbose=_args.verbose)  # hides TensorFlow's native start-up log
+
+import keras  # noqa: E402
+import keras_hub  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+import keras_bidir as kb  # noqa: E402
 
 
 def make_tokenizer(texts, vocabulary_size, sequence_length):
@@ -97,13 +117,7 @@ def run(train, test, epochs=8, batch_size=64, sequence_length=24, vocabulary_siz
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dataset", default="imdb_reviews", choices=["imdb_reviews", "glue/sst2"])
-    parser.add_argument("--smoke", action="store_true", help="generated corpus, few epochs, offline")
-    parser.add_argument("--epochs", type=int, default=None)
-    parser.add_argument("--limit", type=int, default=None, help="examples per split from TFDS")
-    parser.add_argument("--output-dir", default="outputs/text_freelb")
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     if args.smoke:
         texts, labels = kb.datasets.synthetic_sentiment(2500, seed=0)
         train = (texts[:2000], labels[:2000])

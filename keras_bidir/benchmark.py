@@ -275,24 +275,12 @@ def quality_table(rows):
 
 
 def build_parser(parser=None):
-    parser = parser or argparse.ArgumentParser(
+    """The `keras-bidir bench` arguments (defined in `keras_bidir_cli`)."""
+    from keras_bidir_cli import add_bench_arguments
+
+    return add_bench_arguments(parser or argparse.ArgumentParser(
         prog="keras-bidir bench", description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quality", action="store_true",
-                        help="digits protocol per policy instead of step time")
-    parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS),
-                        help="configurations to run (plain is always included)")
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--rounds", type=int, default=5, help="timed epochs per configuration")
-    parser.add_argument("--steps", type=int, default=10, help="steps per memory child process")
-    parser.add_argument("--memory-batch-size", type=int, default=1024,
-                        help="batch size of the CPU memory measurement (large, so activations dominate)")
-    parser.add_argument("--epochs", type=int, default=30, help="--quality: epochs of plain training")
-    parser.add_argument("--jit-compile", choices=["auto", "true", "false"], default="auto")
-    parser.add_argument("--no-memory", action="store_true", help="skip the memory measurement")
-    parser.add_argument("--output-dir", default="outputs/bench")
-    parser.add_argument("--child-memory", help=argparse.SUPPRESS)
-    return parser
+        formatter_class=argparse.RawDescriptionHelpFormatter))
 
 
 def _pyplot():

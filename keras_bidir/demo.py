@@ -131,11 +131,27 @@ def run_demo(
     print()
     print(format_table(rows, epsilons, type(train_policy).__name__))
     if plot:
-        path = os.path.join(output_dir, "accuracy_vs_epsilon.png")
-        plot_rows(rows, epsilons, path, type(train_policy).__name__)
-        print(f"\nPlot: {path}")
-    print(f"Models: {output_dir}/plain.keras, {output_dir}/bidirectional.keras")
+        path = plot_rows(rows, epsilons, os.path.join(output_dir, "accuracy_vs_epsilon.png"),
+                         type(train_policy).__name__)
+        if path is not None:
+            print(f"\nPlot: {path}")
+    model_path = os.path.join(output_dir, "bidirectional.keras")
+    print(f"Models: {os.path.join(output_dir, 'plain.keras')}, {model_path}")
+    print(f"\nEvaluate the robust model again (any radii):\n  {evaluate_command(model_path)}")
     return rows
+
+
+def evaluate_command(model_path):
+    """The shell command that evaluates `model_path` with the installed `keras-bidir`."""
+    import shlex
+    import shutil
+    import sys
+
+    program = "keras-bidir"
+    local = os.path.join(os.path.dirname(sys.executable), "keras-bidir")
+    if shutil.which(program) != local and os.path.exists(local):
+        program = os.path.relpath(local) if not os.path.relpath(local).startswith("..") else local
+    return f"{program} evaluate {shlex.quote(model_path)} --data digits --epsilons 0.1 0.2 0.3"
 
 
 def format_table(rows, epsilons, policy_name):

@@ -1,5 +1,8 @@
+import contextlib
+import io
 import json
 import os
+import shlex
 
 import pytest
 
@@ -23,13 +26,15 @@ def test_bad_numbers_are_rejected(args, capsys):
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
-    cli.main(["demo", "--epochs", "2", "--steps", "2", "--eval-epsilons", "0.2",
-              "--output-dir", str(out), "--quiet", "--no-checks"])
-    return out
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        cli.main(["demo", "--epochs", "2", "--steps", "2", "--eval-epsilons", "0.2",
+                  "--output-dir", str(out), "--quiet", "--no-checks"])
+    return out, printed.getvalue()
 
 
 def test_demo_smoke(demo_run, capsys):
-    out = demo_run
+    out, _ = demo_run
     for name in ("plain.keras", "bidirectional.keras", "accuracy_vs_epsilon.png", "results.json"):
         assert os.path.getsize(out / name) > 0
     results = json.loads((out / "results.json").read_text())
@@ -42,8 +47,13 @@ def test_demo_smoke(demo_run, capsys):
 
 def test_evaluate_command(demo_run, tmp_path, capsys):
     out = tmp_path / "eval"
-    code = cli.main(["evaluate", str(demo_run / "bidirectional.keras"), "--epsilons", "0.1", "0.2",
-                     "--limit", "100", "--output-dir", str(out), "--no-checks"])
+    # The demo ends with the exact command that evaluates its model; run it.
+    printed = demo_run[1].split("Evaluate the robust model again (any radii):")[1].split()
+    command = shlex.split(" ".join(printed))
+    assert os.path.basename(command[0]) == "keras-bidir" and command[1] == "evaluate"
+    assert command[2] == str(demo_run[0] / "bidirectional.keras")
+    args = command[1:command.index("--epsilons")] + ["--epsilons", "0.1", "0.2"]
+    code = cli.main(args + ["--limit", "100", "--output-dir", str(out), "--no-checks"])
     assert code == 0
     printed = capsys.readouterr().out
     assert "**worst case**" in printed and "| APGD-DLR |" in printed

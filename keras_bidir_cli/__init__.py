@@ -1,0 +1,172 @@
+"""The `keras-bidir` command line, before anything heavy is imported.
+
+The arguments are parsed first (so `--help` and argument errors answer in well
+under a second), then TensorFlow and keras-bidir are imported, with the native
+start-up log of TensorFlow (absl/oneDNN/CUDA lines, a `cuInit` error on
+machines without a GPU) hidden unless `--verbose` is given. The commands
+themselves live in `keras_bidir.cli`.
+"""
+
+import argparse
+import contextlib
+import os
+import sys
+
+#: The names `keras_bidir.policies.names()` returns (kept equal by a test).
+POLICY_NAMES = (
+    "apgd", "fgsm", "free", "free_adversarial", "freelb", "gaussian_noise", "pgd",
+    "random_fgsm", "trades", "vat",
+)
+#: The configurations of `keras-bidir bench` (kept equal to `benchmark.CONFIGS` by a test).
+BENCH_CONFIGS = (
+    "plain", "gaussian_noise", "fgsm", "random_fgsm", "pgd3", "pgd7", "free4", "freelb3",
+    "trades7", "vat", "augment", "worst_of_4", "augment_pgd3",
+)
+
+
+@contextlib.contextmanager
+def _native_stderr_silenced():
+    """Sends file descriptor 2 to /dev/null (native libraries write there directly)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def import_quietly(verbose=False):
+    """Imports TensorFlow and Keras, hiding their native start-up log unless `verbose`.
+
+    Python errors still show: only what native code prints during the import
+    and the device discovery is dropped.
+    """
+    if verbose:
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    with _native_stderr_silenced():
+        import tensorflow as tf
+
+        tf.config.list_physical_devices()  # Device discovery logs (cuInit) happen here.
+        import keras  # noqa: F401
+
+
+def _positive_float(text):
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def _positive_int(text):
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
+    return value
+
+
+def _add_demo(sub):
+    demo = sub.add_parser(
+        "demo",
+        help="plain vs bidirectional training on the bundled UCI digits",
+        description="Trains a plain and a bidirectional CNN on scikit-learn's bundled "
+        "UCI digits and compares clean and robust accuracy (PGD-20, 2 restarts).",
+    )
+    demo.add_argument("--policy", default="pgd", choices=POLICY_NAMES,
+                      help="training policy (default: pgd)")
+    demo.add_argument("--epsilon", type=_positive_float, default=0.2,
+                      help="training L∞ radius (default: 0.2)")
+    demo.add_argument("--steps", type=_positive_int, default=7, help="PGD steps (default: 7)")
+    demo.add_argument("--epochs", type=_positive_int, default=30, help="epochs (default: 30)")
+    demo.add_argument("--batch-size", type=_positive_int, default=128)
+    demo.add_argument("--eval-epsilons", type=_positive_float, nargs="+", default=[0.1, 0.2, 0.3],
+                      metavar="EPS", help="evaluation radii (default: 0.1 0.2 0.3)")
+    demo.add_argument("--output-dir", default="outputs/demo",
+                      help="where models, plot and results.json go (default: outputs/demo)")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--quiet", action="store_true", help="no per-step progress bars")
+    demo.add_argument("--no-checks", action="store_true",
+                      help="skip the gradient-masking checks (faster)")
+
+
+def _add_evaluate(sub):
+    evaluate = sub.add_parser(
+        "evaluate",
+        help="robust accuracy of a saved model under the default attack set",
+        description="Evaluates a saved .keras model with FGSM, PGD-20x2, APGD-CE and "
+        "APGD-DLR, reports the per-example worst case and runs gradient-masking checks.",
+    )
+    evaluate.add_argument("model", help="path to a .keras file (BidirectionalModel or plain)")
+    evaluate.add_argument("--data", default="digits", choices=["digits", "mnist", "cifar10"],
+                          help="test set (default: digits, bundled; others load through TFDS)")
+    evaluate.add_argument("--epsilons", type=_positive_float, nargs="+", default=[0.1, 0.2, 0.3],
+                          metavar="EPS")
+    evaluate.add_argument("--norm", default="linf", choices=["linf", "l2"])
+    evaluate.add_argument("--limit", type=_positive_int, default=None,
+                          help="evaluate only the first N test examples")
+    evaluate.add_argument("--batch-size", type=_positive_int, default=256)
+    evaluate.add_argument("--from-logits", choices=["true", "false"], default=None,
+                          help="whether the model outputs logits or probabilities, for models "
+                          "whose compiled loss and output layer do not say")
+    evaluate.add_argument("--no-checks", action="store_true", help="skip the gradient-masking checks")
+    evaluate.add_argument("--output-dir", default="outputs/evaluate",
+                          help="where report.json and robustness.png go (default: outputs/evaluate)")
+    evaluate.add_argument("--unsafe", action="store_true",
+                          help="load with safe_mode=False (only for files you trust: allows lambdas)")
+
+
+def add_bench_arguments(parser):
+    """The arguments of `keras-bidir bench` (also `python -m keras_bidir.benchmark`)."""
+    parser.add_argument("--quality", action="store_true",
+                        help="digits protocol per policy instead of step time")
+    parser.add_argument("--configs", nargs="+", default=list(BENCH_CONFIGS), choices=BENCH_CONFIGS,
+                        help="configurations to run (plain is always included)")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--rounds", type=int, default=5, help="timed epochs per configuration")
+    parser.add_argument("--steps", type=int, default=10, help="steps per memory child process")
+    parser.add_argument("--memory-batch-size", type=int, default=1024,
+                        help="batch size of the CPU memory measurement (large, so activations dominate)")
+    parser.add_argument("--epochs", type=int, default=30, help="--quality: epochs of plain training")
+    parser.add_argument("--jit-compile", choices=["auto", "true", "false"], default="auto")
+    parser.add_argument("--no-memory", action="store_true", help="skip the memory measurement")
+    parser.add_argument("--output-dir", default="outputs/bench")
+    parser.add_argument("--child-memory", help=argparse.SUPPRESS)
+    return parser
+
+
+def build_parser():
+    """The `keras-bidir` argument parser (imports nothing heavy)."""
+    parser = argparse.ArgumentParser(
+        prog="keras-bidir",
+        description="Bidirectional optimization for Keras 3 (adversarial training through fit()).",
+    )
+    parser.add_argument("--verbose", action="store_true",
+                        help="show TensorFlow's native start-up log (hidden by default)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_demo(sub)
+    _add_evaluate(sub)
+    bench = sub.add_parser(
+        "bench",
+        help="step time, memory and robustness-per-cost of each policy against plain fit()",
+        description="Benchmarks every policy against plain keras.Model.fit on the digits protocol.",
+    )
+    add_bench_arguments(bench)
+    return parser
+
+
+def main(argv=None):
+    """Entry point of the `keras-bidir` command."""
+    args = build_parser().parse_args(argv)
+    import_quietly(args.verbose)
+    from keras_bidir import cli
+
+    return cli.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,81 @@
+"""What a newcomer sees first: fast --help, a quiet command line, honest messages."""
+
+import logging
+import os
+import subprocess
+import sys
+import time
+
+
+ROOT = os.path.join(os.path.dirname(__file__), "..")
+EXAMPLES = ["add_to_existing_model", "cifar10_fast_at", "mnist_pgd", "text_freelb"]
+
+
+def _timed(args):
+    start = time.perf_counter()
+    result = subprocess.run(args, capture_output=True, text=True, timeout=120, cwd=ROOT)
+    return result, time.perf_counter() - start
+
+
+def test_help_answers_without_importing_tensorflow():
+    code = ("import sys, keras_bidir_cli\n"
+            "try:\n    keras_bidir_cli.build_parser().parse_args(['demo', '--help'])\n"
+            "except SystemExit:\n    pass\n"
+            "print('tensorflow' in sys.modules, 'keras' in sys.modules)")
+    result, _ = _timed([sys.executable, "-c", code])
+    assert result.stdout.strip().splitlines()[-1] == "False False"
+    # A generous bound for a busy 2-core machine; importing TensorFlow alone takes several seconds.
+    for args in (["-m", "keras_bidir_cli", "--help"],
+                 *[[os.path.join("examples", f"{name}.py"), "--help"] for name in EXAMPLES]):
+        result, seconds = _timed([sys.executable, *args])
+        assert result.returncode == 0 and "usage:" in result.stdout, args
+        assert seconds < 5, (args, seconds)
+
+
+def test_parser_choices_match_the_library():
+    import keras_bidir_cli
+    from keras_bidir import benchmark
+    from keras_bidir import policies
+
+    assert keras_bidir_cli.POLICY_NAMES == tuple(policies.names())
+    assert keras_bidir_cli.BENCH_CONFIGS == tuple(benchmark.CONFIGS)
+
+
+def test_tensorflow_start_up_log_is_hidden_unless_verbose():
+    code = ("import keras_bidir_cli, sys\nkeras_bidir_cli.import_quietly(verbose={})\n"
+            "import tensorflow as tf\nprint(float(tf.constant(2.0) + 1), file=sys.stderr)")
+    quiet, _ = _timed([sys.executable, "-c", code.format(False)])
+    assert quiet.returncode == 0 and quiet.stderr.strip() == "3.0", quiet.stderr
+    loud, _ = _timed([sys.executable, "-c", code.format(True)])
+    assert loud.returncode == 0 and loud.stderr.strip().endswith("3.0")
+
+
+def test_plot_without_matplotlib_is_not_announced(monkeypatch, tmp_path, capsys):
+    from keras_bidir import demo
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    rows = {"plain": {"clean_accuracy": 1.0, "pgd20x2_accuracy": {"0.2": 0.5},
+                      "robust_accuracy": {"0.2": 0.4}}}
+    assert demo.plot_rows(rows, [0.2], str(tmp_path / "p.png"), "PGD") is None
+    assert not (tmp_path / "p.png").exists()
+    assert "skipping the plot" in capsys.readouterr().out
+
+
+def test_evaluation_compiles_each_attack_once(trained_plain, digits, caplog):
+    import keras_bidir as kb
+
+    _, (x_test, y_test) = digits
+    with caplog.at_level(logging.WARNING, logger="tensorflow"):
+        kb.evaluate_robustness(trained_plain, (x_test[:300], y_test[:300]), [0.1, 0.2, 0.3],
+                               batch_size=128, verbose=0, clip_min=0.0, clip_max=1.0)
+    assert not [r for r in caplog.records if "retracing" in r.getMessage()]
+
+
+def test_project_metadata_has_no_deprecated_license_table():
+    text = open(os.path.join(ROOT, "pyproject.toml")).read()
+    assert 'license = "Apache-2.0"' in text and "license = {" not in text
+    readme = open(os.path.join(ROOT, "README.md")).read()
+    quick_start = readme[readme.index("## Quick start"):readme.index("## Input policies")]
+    assert "clip_min=0.0, clip_max=1.0)" in quick_start.split("evaluate_robustness")[1]
+    assert "nonfinite_batches" in quick_start
+    assert "outputs/demo/bidirectional.keras" in readme
