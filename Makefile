@@ -5,13 +5,15 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# Test processes: 2 fits the 2-core CI machine (TensorFlow's graph building is largely single-threaded).
+TEST_WORKERS ?= 2
 
 .PHONY: demo test test-all docs clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 10), "keras-bidir needs Python >= 3.10"'
 	@echo "== Setting up $(VENV) (first run only): TensorFlow, Keras, keras-hub, JAX and the test tools,"
-	@echo "== about 1 GB to download and install; allow 4-6 minutes on a 2-core machine. =="
+	@echo "== about 1 GB to download and install: 1 minute on a fast network, several on a slow one. =="
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --progress-bar on -e ".[test,plot]"
@@ -22,10 +24,10 @@ demo: $(STAMP)
 	$(BIN)/keras-bidir demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -m "not slow"
+	$(BIN)/python -m pytest -m "not slow" -n $(TEST_WORKERS)
 
 test-all: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS)
 
 docs: $(STAMP)
 	$(BIN)/mkdocs build --strict   # the site goes to outputs/site (tests build it too)

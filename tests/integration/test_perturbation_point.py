@@ -156,7 +156,7 @@ def test_point_errors():
 
 
 def _load_example():
-    path = os.path.join(os.path.dirname(__file__), "..", "examples", "text_freelb.py")
+    path = os.path.join(os.path.dirname(__file__), "..", "..", "examples", "text_freelb.py")
     spec = importlib.util.spec_from_file_location("text_freelb", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -10,7 +10,7 @@ import numpy as np
 
 import keras_bidir as kb
 
-ROOT = os.path.join(os.path.dirname(__file__), "..")
+ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
 DOCS = os.path.join(ROOT, "docs")
 
 

@@ -1,6 +1,6 @@
-"""Helper for tests/test_resume.py: trains, optionally dies mid-epoch, resumes.
+"""Helper for tests/integration/test_resume.py: trains, optionally dies mid-epoch, resumes.
 
-    python tests/resume_script.py MODE BACKUP_DIR OUTPUT.npy
+    python tests/integration/resume_script.py MODE BACKUP_DIR OUTPUT.npy
 MODE is "plain-run" (uninterrupted), "crash" (exits hard during epoch 3) or "resume".
 """
 

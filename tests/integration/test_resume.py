@@ -9,15 +9,27 @@ import numpy as np
 SCRIPT = os.path.join(os.path.dirname(__file__), "resume_script.py")
 
 
+def _start(mode, backup, output):
+    return subprocess.Popen([sys.executable, SCRIPT, mode, str(backup), str(output)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _finish(process):
+    _, stderr = process.communicate(timeout=600)
+    return subprocess.CompletedProcess(process.args, process.returncode, "", stderr)
+
+
 def _run(mode, backup, output):
-    return subprocess.run([sys.executable, SCRIPT, mode, str(backup), str(output)],
-                          capture_output=True, text=True, timeout=600)
+    return _finish(_start(mode, backup, output))
 
 
 def test_killed_run_resumes_to_the_same_weights(tmp_path):
-    reference = _run("plain-run", tmp_path / "backup_a", tmp_path / "a.npy")
+    # The uninterrupted reference and the run that is killed are independent processes:
+    # they run side by side.
+    reference = _start("plain-run", tmp_path / "backup_a", tmp_path / "a.npy")
+    crashed = _finish(_start("crash", tmp_path / "backup_b", tmp_path / "b.npy"))
+    reference = _finish(reference)
     assert reference.returncode == 0, reference.stderr[-2000:]
-    crashed = _run("crash", tmp_path / "backup_b", tmp_path / "b.npy")
     assert crashed.returncode == 17, crashed.stderr[-2000:]
     assert not (tmp_path / "b.npy").exists()
     resumed = _run("resume", tmp_path / "backup_b", tmp_path / "b.npy")

@@ -8,7 +8,7 @@ import numpy as np
 
 import keras_bidir as kb
 
-EXAMPLES = os.path.join(os.path.dirname(__file__), "..", "examples")
+EXAMPLES = os.path.join(os.path.dirname(__file__), "..", "..", "examples")
 
 
 def _load(name):
