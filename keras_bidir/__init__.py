@@ -11,6 +11,7 @@ from keras_bidir import evaluation
 from keras_bidir import layers
 from keras_bidir import policies
 from keras_bidir import sites
+from keras_bidir import weight_policies
 from keras_bidir.evaluation import evaluate_robustness
 from keras_bidir.model import BidirectionalModel
 from keras_bidir.version import __version__
@@ -24,5 +25,6 @@ __all__ = [
     "layers",
     "policies",
     "sites",
+    "weight_policies",
     "__version__",
 ]

@@ -33,6 +33,7 @@ CONFIGS = {
     "gaussian_noise": "policies.GaussianNoise(0.1, clip_min=0.0, clip_max=1.0)",
     "fgsm": "policies.FGSM(0.2, clip_min=0.0, clip_max=1.0)",
     "random_fgsm": "policies.RandomFGSM(0.2, clip_min=0.0, clip_max=1.0)",
+    "nfgsm": "policies.NFGSM(0.2, clip_min=0.0, clip_max=1.0)",
     "pgd3": "policies.PGD(0.2, steps=3, clip_min=0.0, clip_max=1.0)",
     "pgd7": "policies.PGD(0.2, steps=7, clip_min=0.0, clip_max=1.0)",
     "free4": "policies.FreeAdversarial(0.2, replays=4, clip_min=0.0, clip_max=1.0)",
@@ -48,7 +49,7 @@ CONFIGS = {
 
 def target_ratio(name, replays):
     """The cost target of issue 5 for a configuration (per batch), or None."""
-    if name in ("fgsm", "random_fgsm"):
+    if name in ("fgsm", "random_fgsm", "nfgsm"):
         return 2.1
     if name.startswith("pgd"):
         k = int(name[3:])

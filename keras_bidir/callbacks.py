@@ -377,32 +377,18 @@ class PerturbationStats(keras.callbacks.Callback):
         model = _bidirectional(self.model, "PerturbationStats")
         if self.x is None:
             raise ValueError("PerturbationStats needs a held batch: x=..., y=....")
-        from keras_bidir import constraints
-        from keras_bidir.sites import apply_masks
-
-        x = keras.tree.map_structure(ops.convert_to_tensor, self.x)
-        y = None if self.y is None else ops.convert_to_tensor(self.y)
-        sites = model._sites(x)
-        clean, masks, outputs = sites.record(model, x, training=False)
-        context = model._context(x, y, sites, clean, masks)
-        if y is not None:
-            _, grads, _ = context.loss_and_gradients(clean)
-            norms = [constraints.per_example_norm(ops.cast(g, "float32"), "l2") for g in grads]
-            logs["input_gradient_norm"] = float(np.mean([ops.convert_to_numpy(n).mean() for n in norms]))
-        adversarial = apply_masks(clean, model.policy.attack(context, clean), masks)
-        logs["held_perturbation_norm"] = float(
-            ops.convert_to_numpy(model._perturbation_norm(clean, adversarial))
-        )
-        if outputs is None:
-            outputs = model(x, training=False)
-        if keras.tree.is_nested(outputs) or y is None:
+        seen = model.inspect(self.x, self.y)
+        if seen["input_gradient_norm"] is not None:
+            logs["input_gradient_norm"] = seen["input_gradient_norm"]
+        logs["held_perturbation_norm"] = seen["perturbation_norm"]
+        outputs = seen["outputs"]
+        if keras.tree.is_nested(outputs) or self.y is None:
             return  # No single prediction to flip.
         kind = outputs_lib.describe_outputs(model, outputs, self.y, self.from_logits)
         if not kind.is_classification:
             return  # A regression model has no class to flip.
-        attacked = sites.forward(model, x, adversarial, clean, masks, training=False)
         before = kind.predict(ops.convert_to_numpy(outputs))
-        after = kind.predict(ops.convert_to_numpy(attacked))
+        after = kind.predict(ops.convert_to_numpy(seen["attacked_outputs"]))
         logs["flip_rate"] = float(np.mean(before != after))
 
     def get_config(self):

@@ -104,6 +104,6 @@ def select_inputs(x, indices):
 
 def _inner_layer_names(model):
     """Names of every layer nested in `model` (empty for None)."""
-    base = getattr(model, "base_model", model)
-    flatten = getattr(base, "_flatten_layers", None)
-    return {layer.name for layer in flatten(include_self=False)} if flatten else set()
+    from keras_bidir.backend.private import nested_layers
+
+    return {layer.name for layer in nested_layers(getattr(model, "base_model", model))}

@@ -120,10 +120,9 @@ class PerturbationPoint(keras.layers.Layer):
 
 def find_points(model):
     """The `PerturbationPoint` layers inside `model`, in tracking order."""
-    flatten = getattr(model, "_flatten_layers", None)
-    if flatten is None:
-        return []
-    points = [layer for layer in flatten(include_self=False) if isinstance(layer, PerturbationPoint)]
+    from keras_bidir.backend.private import nested_layers
+
+    points = [layer for layer in nested_layers(model) if isinstance(layer, PerturbationPoint)]
     names = [p.name for p in points]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
@@ -167,7 +166,9 @@ def insert_perturbation_point(model, after, name=None, mask_input="padding_mask"
         keras.Model(inputs, logits), policy=keras_bidir.policies.FreeLB(0.1, steps=2))
     ```
     """
-    if not isinstance(model, keras.Model) or not hasattr(model, "_run_through_graph"):
+    from keras_bidir.backend.private import is_graph_model
+
+    if not is_graph_model(model):
         raise TypeError(
             f"insert_perturbation_point needs a Functional model (keras-hub backbones are), got "
             f"{type(model).__name__}. In a subclassed model, place "

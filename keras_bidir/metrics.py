@@ -3,8 +3,9 @@
 import keras
 from keras import ops
 from keras import tree
-from keras.src.trainers.compile_utils import CompileLoss
-from keras.src.trainers.compile_utils import CompileMetrics
+from keras_bidir.backend.private import CompileLoss
+from keras_bidir.backend.private import CompileMetrics
+from keras_bidir.backend.private import flat_metrics
 
 
 def _clone_metric(metric):
@@ -79,12 +80,7 @@ def update_labeled(container, y_true, y_pred, labeled, sample_weight=None):
     """
     if not container.built:
         container.build(y_true, y_pred)
-    y_true = container._flatten_y(y_true)
-    y_pred = container._flatten_y(y_pred)
     weighted = labeled if sample_weight is None else labeled * sample_weight
-    for metric, y_t, y_p in zip(container._flat_metrics, y_true, y_pred):
+    for metric, y_t, y_p, is_weighted in flat_metrics(container, y_true, y_pred):
         if metric:
-            metric.update_state(y_t, y_p, sample_weight=labeled)
-    for metric, y_t, y_p in zip(container._flat_weighted_metrics, y_true, y_pred):
-        if metric:
-            metric.update_state(y_t, y_p, sample_weight=weighted)
+            metric.update_state(y_t, y_p, sample_weight=weighted if is_weighted else labeled)

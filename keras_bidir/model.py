@@ -9,11 +9,13 @@ from keras import ops
 from keras import tree
 
 from keras_bidir import backend
+from keras_bidir.backend import private
 from keras_bidir import constraints
 from keras_bidir import data_utils
 from keras_bidir import inputs as inputs_lib
 from keras_bidir import losses as losses_lib
 from keras_bidir import policies as policies_lib
+from keras_bidir import weight_policies as weight_policies_lib
 from keras_bidir.metrics import PrefixedCompileLoss
 from keras_bidir.metrics import PrefixedCompileMetrics
 from keras_bidir.metrics import StepMean
@@ -49,7 +51,7 @@ def _mean_loss(per_example, sample_weight):
     per_example = ops.cast(per_example, "float32")
     if sample_weight is not None:
         per_example = per_example * ops.reshape(ops.cast(sample_weight, "float32"), (-1,))
-    return keras.src.losses.loss.scale_loss_for_distribution(ops.mean(per_example))
+    return private.scale_loss_for_distribution(ops.mean(per_example))
 
 
 def _check_weight(name, value):
@@ -79,6 +81,17 @@ class _NonFiniteWarning(keras.callbacks.Callback):
                 "logged as `nonfinite_batches`.",
                 stacklevel=2,
             )
+
+
+class _WeightPolicyWarmup(keras.callbacks.Callback):
+    """No weight perturbation during the weight policy's warm-up epochs."""
+
+    def __init__(self, epochs):
+        super().__init__()
+        self.epochs = epochs
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.model.weight_perturbation_scale.assign(0.0 if epoch < self.epochs else 1.0)
 
 
 @keras.saving.register_keras_serializable(package="keras_bidir")
@@ -122,6 +135,10 @@ class BidirectionalModel(keras.Model):
             forward pass per batch (in `attack_mode`); set False to skip it.
         seed: integer seed of the policy's random stream (random starts,
             noise).
+        weight_policy: optional `keras_bidir.weight_policies.SAM` or `AWP`
+            (or `"sam"` / `"awp"`): the weights move up the objective before
+            the descent gradient is taken, at one extra forward and backward
+            pass per step.
         **kwargs: passed to `keras.Model` (e.g. `name`).
 
     Logs (training): `loss` (total), the compiled metrics on clean inputs,
@@ -156,6 +173,7 @@ class BidirectionalModel(keras.Model):
         attack_mode="inference",
         clean_metrics=True,
         seed=None,
+        weight_policy=None,
         **kwargs,
     ):
         backend.check_supported()
@@ -174,6 +192,7 @@ class BidirectionalModel(keras.Model):
         self.base_model = base_model
         for name in ("_policy", "_adversarial_weight", "_clean_weight"):
             object.__setattr__(self, name, _UNSET)  # Not None: Keras skips `x = x` assignments.
+        object.__setattr__(self, "_weight_policy", weight_policies_lib.get(weight_policy))
         self.policy = policy
         self.adversarial_weight = adversarial_weight
         self.clean_weight = clean_weight
@@ -194,6 +213,11 @@ class BidirectionalModel(keras.Model):
             trainable=False,
             name="perturbation_scale",
         )
+        if self._weight_policy is not None:
+            # 0 during the weight policy's warm-up epochs, then 1 (see `fit`).
+            self.weight_perturbation_scale = self.add_weight(
+                shape=(), initializer="ones", trainable=False, name="weight_perturbation_scale"
+            )
         self._policy_state = []
         self._policy_state_dtypes = []
         self.adv_loss_tracker = StepMean(name="adv_loss")
@@ -245,10 +269,22 @@ class BidirectionalModel(keras.Model):
         object.__setattr__(self, "_clean_weight", _check_weight("clean_weight", value))
         self._objective_changed()
 
+    @property
+    def weight_policy(self):
+        """The weight policy (SAM, AWP) or None; set at construction."""
+        return self._weight_policy
+
     def _objective_changed(self):
         """Checks the objective and makes the next step use it (retraces)."""
         if _UNSET in (self._policy, self._adversarial_weight, self._clean_weight):
             return  # Still being constructed.
+        if self._weight_policy is not None and getattr(self._policy, "accumulate_gradients", False):
+            raise ValueError(
+                f"{type(self._weight_policy).__name__} cannot be combined with "
+                f"{type(self._policy).__name__}, which averages the weight gradients of several "
+                "ascent steps into one update: there is no single descent gradient to take at "
+                "the perturbed weights. Use FreeAdversarial, or an attack policy (PGD, TRADES, ...)."
+            )
         if self._clean_weight == 0 and getattr(self._policy, "default_clean_weight", 0.0) > 0:
             raise ValueError(
                 f"{type(self._policy).__name__} trains on the clean loss plus its own "
@@ -440,7 +476,7 @@ class BidirectionalModel(keras.Model):
                 return y
 
             if y is not None:
-                keras.src.backend.compute_output_spec(build_adv_metrics, x, y, sample_weight)
+                private.compute_output_spec(build_adv_metrics, x, y, sample_weight)
         super()._symbolic_build(iterator=iterator, data_batch=data_batch)
 
     def _create_policy_state(self, shapes, dtypes):
@@ -450,24 +486,18 @@ class BidirectionalModel(keras.Model):
         # Under tf.distribute the state is one mirrored variable laid out as one
         # block per replica; every replica works on its own block and the blocks
         # are gathered back after the step (`backend.replica_block`).
-        was_locked = self._tracker.locked
-        self._tracker.unlock()
-        try:
-            with backend.strategy_scope(self):
-                for position, (shape, dtype) in enumerate(zip(shapes, dtypes)):
-                    self._policy_state.append(
-                        self.add_weight(
-                            shape=tuple(shape),
-                            initializer="zeros",
-                            dtype=dtype,
-                            trainable=False,
-                            aggregation="only_first_replica",
-                            name=f"policy_state_{position}",
-                        )
+        with private.unlocked_tracker(self), backend.strategy_scope(self):
+            for position, (shape, dtype) in enumerate(zip(shapes, dtypes)):
+                self._policy_state.append(
+                    self.add_weight(
+                        shape=tuple(shape),
+                        initializer="zeros",
+                        dtype=dtype,
+                        trainable=False,
+                        aggregation="only_first_replica",
+                        name=f"policy_state_{position}",
                     )
-        finally:
-            if was_locked:
-                self._tracker.lock()
+                )
         self._policy_state_dtypes = list(dtypes)
 
     def _needs_policy_state(self):
@@ -539,6 +569,8 @@ class BidirectionalModel(keras.Model):
             self.build_policy_state(x_batch)
         callbacks = list(kwargs.pop("callbacks", None) or [])
         callbacks.append(_NonFiniteWarning())
+        if self.weight_policy is not None and self.weight_policy.warmup_epochs:
+            callbacks.append(_WeightPolicyWarmup(self.weight_policy.warmup_epochs))
         return super().fit(x, y, batch_size, *args, callbacks=callbacks, **kwargs)
 
     def train_on_batch(self, x, y=None, *args, **kwargs):
@@ -613,6 +645,46 @@ class BidirectionalModel(keras.Model):
         adversarial = self.policy.attack(self._context(x, y, sites, clean, masks), clean)
         return inputs_lib.replace_inputs(x, sites.input_indices, adversarial)
 
+    def inspect(self, x, y=None):
+        """What the policy does to one batch, without training (callbacks, debugging).
+
+        The passes run in `attack_mode`; no weight and no policy state changes.
+
+        Args:
+            x: a batch of inputs.
+            y: its labels (needed by gradient-based policies and for the
+                gradient norm).
+
+        Returns:
+            A dict: `outputs` and `attacked_outputs` (the model's outputs, in
+            inference mode, on the clean and on the perturbed batch),
+            `perturbation_norm` (mean per-example norm of x̃ − x in the
+            policy's norm) and `input_gradient_norm` (mean per-example L2 norm
+            of the loss gradient at the clean batch; None without labels).
+        """
+        if self._bidir_attack_loss is None:
+            raise RuntimeError("Compile the model before calling inspect().")
+        x = tree.map_structure(ops.convert_to_tensor, x)
+        y = None if y is None else tree.map_structure(ops.convert_to_tensor, y)
+        sites = self._sites(x)
+        clean, masks, outputs = sites.record(self, x, training=False)
+        context = self._context(x, y, sites, clean, masks)
+        gradient_norm = None
+        if y is not None:
+            _, grads, _ = context.loss_and_gradients(clean)
+            norms = [ops.mean(constraints.per_example_norm(ops.cast(g, "float32"), "l2"))
+                     for g in grads]
+            gradient_norm = float(np.mean([ops.convert_to_numpy(n) for n in norms]))
+        adversarial = apply_masks(clean, self.policy.attack(context, clean), masks)
+        if outputs is None:
+            outputs = self(x, training=False)
+        return {
+            "outputs": outputs,
+            "attacked_outputs": sites.forward(self, x, adversarial, clean, masks, training=False),
+            "perturbation_norm": float(ops.convert_to_numpy(self._perturbation_norm(clean, adversarial))),
+            "input_gradient_norm": gradient_norm,
+        }
+
     def _labeled(self, y, sample_weight):
         """`(labels, label sample weights, loss scale, labeled mask)` for batches with label -1.
 
@@ -634,10 +706,39 @@ class BidirectionalModel(keras.Model):
     def _moving_statistics(self):
         """BatchNorm moving means and variances of the base model."""
         variables = []
-        for layer in self.base_model._flatten_layers(include_self=True):
+        for layer in private.nested_layers(self.base_model, include_self=True):
             if isinstance(layer, keras.layers.BatchNormalization):
                 variables += [layer.moving_mean, layer.moving_variance]
         return variables
+
+    def _ascend_weights(self, objective, weights, adversarial):
+        """Moves the weights to θ + v (the weight policy's ascent).
+
+        Returns:
+            `(θ, aux)`: the weight values to restore and the objective's aux
+            at θ; `([], None)` without a weight policy. The ascent pass leaves
+            BatchNorm's moving statistics as they were; a non-finite ascent
+            gradient moves nothing.
+        """
+        if self.weight_policy is None or not weights:
+            return [], None
+        if backend.distributed():
+            raise NotImplementedError(
+                "Weight policies (SAM, AWP) do not run under tf.distribute yet; train on one "
+                "device, or without weight_policy."
+            )
+        statistics = self._moving_statistics()
+        frozen = [ops.copy(ops.convert_to_tensor(v)) for v in statistics]
+        _, aux, gradients = backend.variable_gradients(objective, weights, adversarial)
+        for variable, value in zip(statistics, frozen):
+            variable.assign(value)
+        values = [ops.copy(ops.convert_to_tensor(w)) for w in weights]
+        finite = _all_finite(gradients)
+        scale = ops.convert_to_tensor(self.weight_perturbation_scale)
+        for variable, move in zip(weights, self.weight_policy.perturbation(values, gradients)):
+            move = ops.where(finite, move * ops.cast(scale, move.dtype), ops.zeros_like(move))
+            variable.assign_add(move)
+        return values, aux
 
     def _apply_if_finite(self, gradients, weights, finite):
         """Applies the weight gradients unless the step produced NaN or Inf."""
@@ -730,10 +831,15 @@ class BidirectionalModel(keras.Model):
                 scaled = total if self.optimizer is None else self.optimizer.scale_loss(total)
                 return scaled, (total, adv_loss, clean_loss, adv_outputs, outputs)
 
+            restore, at_weights = self._ascend_weights(objective, weights, adversarial)
             _, aux, weight_grads, input_grads = backend.value_and_gradients(
                 objective, weights, adversarial
             )
-            total, adv_loss, clean_loss, adv_outputs, outputs = aux
+            for variable, value in zip(weights, restore):
+                variable.assign(value)  # θ exactly, before the optimizer steps from it
+            # Losses and metrics are logged at θ, the weights being trained (the
+            # weight policy's ascent pass), not at θ + v.
+            total, adv_loss, clean_loss, adv_outputs, outputs = at_weights or aux
             input_grads = self._unscale(input_grads)
             # Replicas agree, so that all of them skip a non-finite step together.
             finite = backend.all_replicas(
@@ -747,7 +853,7 @@ class BidirectionalModel(keras.Model):
             def kept(value):
                 # Compiled losses are divided by the number of replicas (their
                 # gradients are summed over replicas); log the per-batch mean.
-                value = keras.src.losses.loss.unscale_loss_for_distribution(value)
+                value = private.unscale_loss_for_distribution(value)
                 return ops.where(finite, ops.cast(value, "float32"), 0.0)
 
             self._loss_tracker.update_state(kept(total), sample_weight=weight)
@@ -837,7 +943,8 @@ class BidirectionalModel(keras.Model):
             "attack_mode": self.attack_mode,
             "clean_metrics": self.clean_metrics,
             "seed": self.seed,
-        }
+        } | ({} if self.weight_policy is None else
+             {"weight_policy": keras.saving.serialize_keras_object(self.weight_policy)})
 
     @classmethod
     def from_config(cls, config, custom_objects=None):
@@ -848,4 +955,8 @@ class BidirectionalModel(keras.Model):
         policy = keras.saving.deserialize_keras_object(
             config.pop("policy"), custom_objects=custom_objects
         )
+        if config.get("weight_policy") is not None:
+            config["weight_policy"] = keras.saving.deserialize_keras_object(
+                config["weight_policy"], custom_objects=custom_objects
+            )
         return cls(base_model, policy, **config)

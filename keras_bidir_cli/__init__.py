@@ -14,12 +14,12 @@ import sys
 
 #: The names `keras_bidir.policies.names()` returns (kept equal by a test).
 POLICY_NAMES = (
-    "apgd", "fgsm", "free", "free_adversarial", "freelb", "gaussian_noise", "pgd",
+    "apgd", "fgsm", "free", "free_adversarial", "freelb", "gaussian_noise", "nfgsm", "pgd",
     "random_fgsm", "trades", "vat",
 )
 #: The configurations of `keras-bidir bench` (kept equal to `benchmark.CONFIGS` by a test).
 BENCH_CONFIGS = (
-    "plain", "gaussian_noise", "fgsm", "random_fgsm", "pgd3", "pgd7", "free4", "freelb3",
+    "plain", "gaussian_noise", "fgsm", "random_fgsm", "nfgsm", "pgd3", "pgd7", "free4", "freelb3",
     "trades7", "vat", "augment", "worst_of_4", "augment_pgd3",
 )
 

@@ -1,7 +1,10 @@
 import os
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+from keras_bidir_cli import import_quietly  # noqa: E402
+
+import_quietly()  # TensorFlow's native start-up log would interleave with pytest's output
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
@@ -86,6 +89,7 @@ def training_policies():
     return [
         _policies.FGSM(0.1, **CLIP),
         _policies.RandomFGSM(0.1, **CLIP),
+        _policies.NFGSM(0.1, **CLIP),
         _policies.PGD(0.1, steps=2, restarts=2, **CLIP),
         _policies.FreeAdversarial(0.1, replays=2, **CLIP),
         _policies.GaussianNoise(0.1, **CLIP),

@@ -8,6 +8,8 @@ gets one module here exposing the same small set of functions:
   variables (weights) and the tensors (inputs or activations).
 - `input_gradients(fn, tensors)`: gradients with respect to tensors only
   (used by attack steps that must not touch the weights).
+- `variable_gradients(fn, variables, tensors)`: gradients with respect to the
+  variables only, dense (the ascent of a weight policy: SAM, AWP).
 - `function(fn, jit_compile=False)`: compile a Python function into a graph.
 - `accumulate(total, gradients, weight)`: running weighted sum of gradients
   (whatever sparse form the backend produces).
@@ -53,6 +55,7 @@ if _BACKEND == "tensorflow":
     from keras_bidir.backend.tensorflow import step_logs  # noqa: F401
     from keras_bidir.backend.tensorflow import strategy_scope  # noqa: F401
     from keras_bidir.backend.tensorflow import value_and_gradients  # noqa: F401
+    from keras_bidir.backend.tensorflow import variable_gradients  # noqa: F401
 else:  # pragma: no cover - exercised only under other backends.
 
     def _unsupported(*args, **kwargs):
@@ -78,5 +81,6 @@ else:  # pragma: no cover - exercised only under other backends.
         "step_logs",
         "strategy_scope",
         "value_and_gradients",
+        "variable_gradients",
     ):
         globals()[_name] = _unsupported

@@ -2,6 +2,8 @@
 
 import tensorflow as tf
 
+from keras_bidir.backend import private
+
 
 def value_and_gradients(fn, variables, tensors):
     """Evaluates `fn(tensors)` once and differentiates it in one tape.
@@ -26,6 +28,26 @@ def value_and_gradients(fn, variables, tensors):
         unconnected_gradients=tf.UnconnectedGradients.ZERO,
     )
     return value, aux, variable_grads, tensor_grads
+
+
+def variable_gradients(fn, variables, tensors):
+    """Gradients of `fn(tensors)` with respect to `variables` only (dense).
+
+    Args:
+        fn: callable taking the list `tensors` and returning `(value, aux)`.
+        variables: list of variables (the trainable weights).
+        tensors: list of tensors, passed to `fn` but not differentiated.
+
+    Returns:
+        `(value, aux, variable_gradients)`; sparse (embedding) gradients are
+        made dense, unconnected ones are zeros.
+    """
+    with tf.GradientTape() as tape:
+        value, aux = fn(list(tensors))
+    grads = tape.gradient(
+        value, list(variables), unconnected_gradients=tf.UnconnectedGradients.ZERO
+    )
+    return value, aux, [tf.convert_to_tensor(g) for g in grads]
 
 
 def input_gradients(fn, tensors):
@@ -168,7 +190,7 @@ def apply_if(flag, apply, args):
 
     if tf.distribute.has_strategy():
         flag = all_replicas(flag)
-    if tf.__internal__.distribute.strategy_supports_no_merge_call():  # True without a strategy
+    if private.strategy_supports_no_merge_call():  # True without a strategy
         tf.cond(flag, lambda: run(*args), skip)
         return
 
@@ -212,9 +234,7 @@ def step_logs(logs):
     (keras-team/keras#20585). The values (aggregated metric results, equal on
     every replica) get a length-1 axis there, which that reduction removes.
     """
-    from keras.src.backend.tensorflow.trainer import _collective_all_reduce_multi_worker
-
-    if not _collective_all_reduce_multi_worker(tf.distribute.get_strategy()):
+    if not private.collective_all_reduce_multi_worker(tf.distribute.get_strategy()):
         return logs
     return {key: tf.reshape(value, [1]) if value.shape.rank == 0 else value
             for key, value in ((k, tf.convert_to_tensor(v)) for k, v in logs.items())}

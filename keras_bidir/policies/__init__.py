@@ -13,7 +13,9 @@ from keras_bidir.policies.divergence import TRADES
 from keras_bidir.policies.divergence import VAT
 from keras_bidir.policies.embedding import FreeLB
 from keras_bidir.policies.free import FreeAdversarial
+from keras_bidir.policies import pieces
 from keras_bidir.policies.gradient import FGSM
+from keras_bidir.policies.gradient import NFGSM
 from keras_bidir.policies.gradient import PGD
 from keras_bidir.policies.gradient import RandomFGSM
 from keras_bidir.policies.noise import GaussianNoise
@@ -21,6 +23,7 @@ from keras_bidir.policies.noise import GaussianNoise
 _BY_NAME = {
     "fgsm": FGSM,
     "random_fgsm": RandomFGSM,
+    "nfgsm": NFGSM,
     "pgd": PGD,
     "apgd": APGD,
     "free": FreeAdversarial,
@@ -70,6 +73,7 @@ __all__ = [
     "PerturbationContext",
     "FGSM",
     "RandomFGSM",
+    "NFGSM",
     "PGD",
     "APGD",
     "FreeAdversarial",
@@ -83,4 +87,5 @@ __all__ = [
     "RandomChoice",
     "get",
     "names",
+    "pieces",
 ]

@@ -270,3 +270,21 @@ def test_attack_mode_controls_batchnorm_statistics(small_batch):
         moving_mean = base.layers[1].moving_mean.numpy()
         assert np.isfinite(moving_mean).all()
         assert np.abs(moving_mean).max() > 0
+
+
+def test_inspect_reports_what_the_policy_does_without_training(digits):
+    (x, y), _ = digits
+    model = compile_classifier(kb.BidirectionalModel(tiny_cnn(), policies.FGSM(0.1, **CLIP)))
+    model.fit(x[:128], y[:128], epochs=1, verbose=0)
+    before = model.get_weights()
+    seen = model.inspect(x[:32], y[:32])
+    assert all(np.array_equal(a, b) for a, b in zip(before, model.get_weights()))
+    assert seen["perturbation_norm"] == pytest.approx(0.1, abs=1e-6)
+    x_t = tf.convert_to_tensor(x[:32])
+    with tf.GradientTape() as tape:  # independent: the summed per-example loss at x
+        tape.watch(x_t)
+        loss = tf.reduce_sum(keras.losses.sparse_categorical_crossentropy(
+            y[:32], model.base_model(x_t, training=False), from_logits=True))
+    norms = np.sqrt((tape.gradient(loss, x_t).numpy().reshape(32, -1) ** 2).sum(1))
+    assert seen["input_gradient_norm"] == pytest.approx(norms.mean(), rel=1e-4)
+    np.testing.assert_allclose(seen["outputs"], model.predict(x[:32], verbose=0), atol=1e-5)

@@ -75,3 +75,20 @@ def test_migration_snippets_run():
         trained = namespace["model"]
         assert isinstance(trained, kb.BidirectionalModel)
         assert trained.optimizer.iterations.numpy() > 0
+
+
+def test_write_a_policy_page_runs_as_written(tmp_path, capsys):
+    """The custom policy of the page trains, stays in its ball and round-trips through .keras."""
+    (code,) = _python_blocks("write-a-policy.md")
+    body = code[code.index("class NoisyFGSM"):code.index("(x_train, y_train)")]
+    assert len([line for line in body.splitlines() if line.strip()]) <= 30
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    namespace = {"__name__": "__main__"}
+    try:
+        exec(compile(code, "write-a-policy.md", "exec"), namespace)
+    finally:
+        os.chdir(cwd)
+    assert 0.1 < namespace["history"].history["perturbation_norm"][-1] <= 0.2 + 1e-6
+    assert namespace["restored"].policy == namespace["model"].policy
+    assert "perturbation_norm:" in capsys.readouterr().out

@@ -1,4 +1,5 @@
 import json
+import logging
 
 import keras
 import numpy as np
@@ -105,3 +106,11 @@ def test_strongest_attack_beats_or_ties_pgd20_on_adversarially_trained_model(dig
     assert report.robust_accuracy[0.2] <= pgd20
     assert min(report.accuracy["APGD-CE"][0.2], report.accuracy["APGD-DLR"][0.2]) <= pgd20 + 0.01
     assert report.passed_checks, report.to_markdown()
+
+
+def test_evaluation_compiles_each_attack_once(trained_plain, digits, caplog):
+    _, (x_test, y_test) = digits
+    with caplog.at_level(logging.WARNING, logger="tensorflow"):
+        kb.evaluate_robustness(trained_plain, (x_test[:300], y_test[:300]), [0.1, 0.2, 0.3],
+                               batch_size=128, verbose=0, clip_min=0.0, clip_max=1.0)
+    assert not [r for r in caplog.records if "retracing" in r.getMessage()]

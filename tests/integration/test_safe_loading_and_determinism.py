@@ -19,7 +19,8 @@ CLIP = {"clip_min": 0.0, "clip_max": 1.0}
 
 def test_every_object_loads_under_safe_mode(tmp_path, small_batch):
     x, y = small_batch
-    for policy in [policies.FGSM(0.1), policies.RandomFGSM(0.1), policies.PGD(0.1, steps=2),
+    for policy in [policies.FGSM(0.1), policies.RandomFGSM(0.1), policies.NFGSM(0.1),
+                   policies.PGD(0.1, steps=2),
                    policies.FreeAdversarial(0.1, replays=2), policies.GaussianNoise(0.1),
                    policies.APGD(0.1, steps=3), policies.FreeLB(0.1, steps=2)]:
         model = compile_classifier(kb.BidirectionalModel(tiny_cnn(), policy))

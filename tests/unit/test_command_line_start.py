@@ -1,6 +1,5 @@
 """What a newcomer sees first: fast --help, a quiet command line, honest messages."""
 
-import logging
 import os
 import subprocess
 import sys
@@ -59,16 +58,6 @@ def test_plot_without_matplotlib_is_not_announced(monkeypatch, tmp_path, capsys)
     assert demo.plot_rows(rows, [0.2], str(tmp_path / "p.png"), "PGD") is None
     assert not (tmp_path / "p.png").exists()
     assert "skipping the plot" in capsys.readouterr().out
-
-
-def test_evaluation_compiles_each_attack_once(trained_plain, digits, caplog):
-    import keras_bidir as kb
-
-    _, (x_test, y_test) = digits
-    with caplog.at_level(logging.WARNING, logger="tensorflow"):
-        kb.evaluate_robustness(trained_plain, (x_test[:300], y_test[:300]), [0.1, 0.2, 0.3],
-                               batch_size=128, verbose=0, clip_min=0.0, clip_max=1.0)
-    assert not [r for r in caplog.records if "retracing" in r.getMessage()]
 
 
 def test_project_metadata_has_no_deprecated_license_table():

@@ -17,6 +17,7 @@ def make_policy(kind, epsilon, norm):
     return {
         "fgsm": lambda: policies.FGSM(epsilon, norm=norm, **clip),
         "random_fgsm": lambda: policies.RandomFGSM(epsilon, norm=norm, **clip),
+        "nfgsm": lambda: policies.NFGSM(epsilon, **clip),  # L∞ only, never projected
         "pgd": lambda: policies.PGD(epsilon, steps=2, restarts=2, norm=norm, **clip),
         "free": lambda: policies.FreeAdversarial(epsilon, replays=2, norm=norm, **clip),
         "apgd": lambda: policies.APGD(epsilon, steps=3, norm=norm, **clip),
@@ -32,7 +33,7 @@ def make_policy(kind, epsilon, norm):
 
 
 # Compose's two halves each move at most ε/2 from their own start, so the total stays in ε.
-KINDS = ["fgsm", "random_fgsm", "pgd", "free", "apgd", "freelb", "noise", "trades", "vat",
+KINDS = ["fgsm", "random_fgsm", "nfgsm", "pgd", "free", "apgd", "freelb", "noise", "trades", "vat",
          "compose", "random_choice"]
 
 
@@ -78,9 +79,10 @@ def test_policies_stay_finite_in_ball_and_range(kind, norm, dtype, epsilon, shap
     assert np.isfinite(a).all()
     assert a.min() >= 0.0 and a.max() <= 1.0
     delta = (a - x64).reshape(batch, -1)
-    ball_norm = {"noise": "linf", "vat": "l2"}.get(kind, norm)
+    ball_norm = {"noise": "linf", "vat": "l2", "nfgsm": "linf"}.get(kind, norm)
+    radius = 3 * epsilon if kind == "nfgsm" else epsilon  # noise 2ε + step ε, unprojected
     size = np.abs(delta).max(1) if ball_norm == "linf" else np.sqrt((delta ** 2).sum(1))
-    assert (size <= epsilon * (1 + TOLERANCE[dtype]) + TOLERANCE[dtype]).all()
+    assert (size <= radius * (1 + TOLERANCE[dtype]) + TOLERANCE[dtype]).all()
 
 
 def _mixed_model():
@@ -113,3 +115,28 @@ def test_integer_inputs_are_never_changed(kind, norm, epsilon, batch, seed):
     adversarial = make_policy(kind, epsilon, norm).perturb(MIXED, x, y, seed=seed)
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(adversarial["token"]), x["token"])
     assert np.isfinite(keras.ops.convert_to_numpy(adversarial["features"])).all()
+
+
+def test_nfgsm_is_noise_then_one_unprojected_step_clipped_to_the_range():
+    """N-FGSM against a hand computation with the same noise draw (de Jorge et al. 2022)."""
+    rng = np.random.default_rng(0)
+    x = rng.random((64, 20)).astype("float32")
+    w = rng.normal(size=(20,)).astype("float32")
+    epsilon = 0.1
+
+    def objective(tensors, repeats=1):  # a linear loss: its gradient is w everywhere
+        return keras.ops.sum(keras.ops.cast(tensors[0], "float32") * w, axis=1), None
+
+    context = PerturbationContext(objective, keras.random.SeedGenerator(7))
+    policy = policies.NFGSM(epsilon, clip_min=0.0, clip_max=1.0)
+    got = keras.ops.convert_to_numpy(policy.attack(context, [keras.ops.convert_to_tensor(x)])[0])
+    noise = keras.ops.convert_to_numpy(
+        keras.random.uniform(x.shape, -1.0, 1.0, seed=keras.random.SeedGenerator(7))) * 2 * epsilon
+    expected = np.clip(np.clip(x + noise, 0, 1) + epsilon * np.sign(w), 0, 1)
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+    delta = np.abs(got - x)
+    assert delta.max() <= 3 * epsilon + 1e-6
+    assert delta.max() > 2 * epsilon  # never projected back to the ε-ball
+    assert got.min() >= 0.0 and got.max() <= 1.0
+    config = policy.get_config()
+    assert policies.NFGSM.from_config(config) == policy and config["step_size"] == epsilon
