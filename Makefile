@@ -24,10 +24,10 @@ demo: $(STAMP)
 	$(BIN)/keras-bidir demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -m "not slow" -n $(TEST_WORKERS)
+	$(BIN)/python -m pytest -m "not slow" -n $(TEST_WORKERS) --dist worksteal
 
 test-all: $(STAMP)
-	$(BIN)/python -m pytest -n $(TEST_WORKERS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist worksteal
 
 docs: $(STAMP)
 	$(BIN)/mkdocs build --strict   # the site goes to outputs/site (tests build it too)

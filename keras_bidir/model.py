@@ -15,12 +15,12 @@ from keras_bidir import data_utils
 from keras_bidir import inputs as inputs_lib
 from keras_bidir import losses as losses_lib
 from keras_bidir import policies as policies_lib
+from keras_bidir import trainer
 from keras_bidir import weight_policies as weight_policies_lib
 from keras_bidir.metrics import PrefixedCompileLoss
 from keras_bidir.metrics import PrefixedCompileMetrics
 from keras_bidir.metrics import StepMean
 from keras_bidir.metrics import clone_metric_spec
-from keras_bidir.metrics import update_labeled
 from keras_bidir.policies.base import PerturbationContext
 from keras_bidir.policies.base import is_real
 from keras_bidir.policies.base import site_objective
@@ -33,25 +33,6 @@ _UNSET = object()
 
 def _unpack(data):
     return keras.utils.unpack_x_y_sample_weight(data)
-
-
-def _all_finite(tensors):
-    """A scalar bool: every tensor is finite (sparse gradients included)."""
-    checks = []
-    for tensor in tensors:
-        if tensor is None:
-            continue
-        values = getattr(tensor, "values", tensor)  # tf.IndexedSlices
-        checks.append(ops.all(ops.isfinite(ops.cast(values, "float32"))))
-    return ops.all(ops.stack(checks)) if checks else ops.convert_to_tensor(True)
-
-
-def _mean_loss(per_example, sample_weight):
-    """Batch mean of a per-example loss, as Keras reduces compiled losses."""
-    per_example = ops.cast(per_example, "float32")
-    if sample_weight is not None:
-        per_example = per_example * ops.reshape(ops.cast(sample_weight, "float32"), (-1,))
-    return private.scale_loss_for_distribution(ops.mean(per_example))
 
 
 def _check_weight(name, value):
@@ -681,250 +662,15 @@ class BidirectionalModel(keras.Model):
         return {
             "outputs": outputs,
             "attacked_outputs": sites.forward(self, x, adversarial, clean, masks, training=False),
-            "perturbation_norm": float(ops.convert_to_numpy(self._perturbation_norm(clean, adversarial))),
+            "perturbation_norm": float(ops.convert_to_numpy(
+                trainer.perturbation_norm(self.policy.norm, clean, adversarial))),
             "input_gradient_norm": gradient_norm,
         }
 
-    def _labeled(self, y, sample_weight):
-        """`(labels, label sample weights, loss scale, labeled mask)` for batches with label -1.
-
-        Policies that accept unlabeled examples get -1 labels replaced by 0 with
-        sample weight 0, and the label losses rescaled to a mean over the labeled
-        examples. Other policies get the batch unchanged.
-        """
-        if y is None or not self.policy.accepts_unlabeled or isinstance(y, (list, tuple, dict)):
-            return y, sample_weight, 1.0, None
-        if "int" not in keras.backend.standardize_dtype(y.dtype):
-            return y, sample_weight, 1.0, None
-        mask = ops.cast(ops.reshape(y >= 0, (-1,)), "float32")
-        weight = mask
-        if sample_weight is not None:
-            weight = weight * ops.reshape(ops.cast(sample_weight, "float32"), (-1,))
-        scale = ops.cast(ops.size(mask), "float32") / ops.maximum(ops.sum(mask), 1.0)
-        return ops.where(y >= 0, y, ops.zeros_like(y)), weight, scale, mask
-
-    def _moving_statistics(self):
-        """BatchNorm moving means and variances of the base model."""
-        variables = []
-        for layer in private.nested_layers(self.base_model, include_self=True):
-            if isinstance(layer, keras.layers.BatchNormalization):
-                variables += [layer.moving_mean, layer.moving_variance]
-        return variables
-
-    def _ascend_weights(self, objective, weights, adversarial):
-        """Moves the weights to θ + v (the weight policy's ascent).
-
-        Returns:
-            `(θ, aux)`: the weight values to restore and the objective's aux
-            at θ; `([], None)` without a weight policy. The ascent pass leaves
-            BatchNorm's moving statistics as they were; a non-finite ascent
-            gradient moves nothing.
-        """
-        if self.weight_policy is None or not weights:
-            return [], None
-        if backend.distributed():
-            raise NotImplementedError(
-                "Weight policies (SAM, AWP) do not run under tf.distribute yet; train on one "
-                "device, or without weight_policy."
-            )
-        statistics = self._moving_statistics()
-        frozen = [ops.copy(ops.convert_to_tensor(v)) for v in statistics]
-        _, aux, gradients = backend.variable_gradients(objective, weights, adversarial)
-        for variable, value in zip(statistics, frozen):
-            variable.assign(value)
-        values = [ops.copy(ops.convert_to_tensor(w)) for w in weights]
-        finite = _all_finite(gradients)
-        scale = ops.convert_to_tensor(self.weight_perturbation_scale)
-        for variable, move in zip(weights, self.weight_policy.perturbation(values, gradients)):
-            move = ops.where(finite, move * ops.cast(scale, move.dtype), ops.zeros_like(move))
-            variable.assign_add(move)
-        return values, aux
-
-    def _apply_if_finite(self, gradients, weights, finite):
-        """Applies the weight gradients unless the step produced NaN or Inf."""
-        if isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer):
-            # It skips non-finite steps itself and lowers the loss scale.
-            self.optimizer.apply(gradients, weights)
-            return
-        if not self.optimizer.built:
-            self.optimizer.build(weights)
-        backend.apply_if(
-            finite, lambda grads: self.optimizer.apply(grads, weights), (list(gradients),)
-        )
-
-    def _unscale(self, gradients):
-        """Input gradients of the unscaled loss (mixed-precision loss scaling)."""
-        if isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer):
-            scale = self.optimizer.dynamic_scale
-            return [g / ops.cast(scale, g.dtype) for g in gradients]
-        return gradients
-
-    def _perturbation_norm(self, clean, adversarial):
-        norms = [
-            constraints.per_example_norm(
-                ops.cast(a, "float32") - ops.cast(x, "float32"), self.policy.norm
-            )
-            for x, a in zip(clean, adversarial)
-        ]
-        return ops.mean(ops.stack([ops.mean(n) for n in norms]))
-
     def train_step(self, data):
-        x, y, sample_weight = _unpack(data)
-        if y is None and self.policy.requires_labels:
-            raise ValueError(
-                f"{type(self.policy).__name__} follows the loss gradient and needs "
-                "labels: pass (x, y) or (x, y, sample_weight) batches to fit()."
-            )
-        if self.optimizer is not None and not self.optimizer.built:
-            # Build now (Keras would on the first apply) so that loss scaling reads
-            # the live dynamic scale, not the initial constant.
-            if not self.built or not self.trainable_weights:
-                self(x, training=False)
-            self.optimizer.build(self.trainable_weights)
-        # Semi-supervised policies (VAT): label -1 marks an unlabeled example; it is
-        # left out of the label losses and metrics, which average over the labeled.
-        y, label_weight, label_scale, labeled = self._labeled(y, sample_weight)
-
-        def update_metrics(container, outputs):
-            if labeled is None:
-                container.update_state(y, outputs, sample_weight)
-            else:
-                update_labeled(container, y, outputs, labeled, sample_weight)
-
-        sites = self._sites(x)
-        attack_training = self.attack_mode == "training"
-        clean, masks, record_outputs = sites.record(self, x, training=attack_training)
-        context = self._context(x, y, sites, clean, masks)
-        # Under a strategy each replica keeps its own block of the policy state.
-        state = [backend.replica_block(ops.convert_to_tensor(v)) for v in self._policy_state]
-        adversarial, state = self.policy.generate(context, clean, state)
-        adversarial = [ops.stop_gradient(a) for a in apply_masks(clean, adversarial, masks)]
-        batch_size = ops.shape(clean[0])[0]
-        weights = self.trainable_weights
-        replays = self.policy.replays
-        accumulate = bool(getattr(self.policy, "accumulate_gradients", False)) and bool(weights)
-        statistics = self._moving_statistics() if self.policy.freeze_statistics else []
-
-        def replay(adversarial, state):
-            """One weight step: ONE gradient for the weights and the sites."""
-
-            def objective(tensors):
-                frozen = [ops.copy(ops.convert_to_tensor(v)) for v in statistics]  # a snapshot
-                adv_outputs = sites.forward(self, x, tensors, clean, masks, training=True)
-                for variable, value in zip(statistics, frozen):
-                    variable.assign(value)  # the perturbed pass leaves BatchNorm's statistics
-                clean_loss, outputs = None, None
-                if self.clean_weight > 0:
-                    outputs = self(x, training=True)
-                    if y is not None:
-                        clean_loss = self._compile_loss(y, outputs, label_weight) * label_scale
-                policy_loss = self.policy.adversarial_loss(y, outputs, adv_outputs)
-                if policy_loss is None:
-                    adv_loss = self._adv_compile_loss(y, adv_outputs, label_weight) * label_scale
-                else:
-                    adv_loss = _mean_loss(policy_loss, sample_weight)
-                total = adv_loss * self.adversarial_weight
-                if clean_loss is not None:
-                    total = total + clean_loss * self.clean_weight
-                for extra in self.losses:
-                    total = total + self._aggregate_additional_loss(extra)
-                scaled = total if self.optimizer is None else self.optimizer.scale_loss(total)
-                return scaled, (total, adv_loss, clean_loss, adv_outputs, outputs)
-
-            restore, at_weights = self._ascend_weights(objective, weights, adversarial)
-            _, aux, weight_grads, input_grads = backend.value_and_gradients(
-                objective, weights, adversarial
-            )
-            for variable, value in zip(weights, restore):
-                variable.assign(value)  # θ exactly, before the optimizer steps from it
-            # Losses and metrics are logged at θ, the weights being trained (the
-            # weight policy's ascent pass), not at θ + v.
-            total, adv_loss, clean_loss, adv_outputs, outputs = at_weights or aux
-            input_grads = self._unscale(input_grads)
-            # Replicas agree, so that all of them skip a non-finite step together.
-            finite = backend.all_replicas(
-                _all_finite([total] + list(input_grads) + list(weight_grads))
-            )
-            if weights and not accumulate:
-                self._apply_if_finite(weight_grads, weights, finite)
-            # A skipped (non-finite) step does not enter the epoch's mean losses.
-            weight = ops.cast(batch_size, "float32") * ops.cast(finite, "float32")
-
-            def kept(value):
-                # Compiled losses are divided by the number of replicas (their
-                # gradients are summed over replicas); log the per-batch mean.
-                value = private.unscale_loss_for_distribution(value)
-                return ops.where(finite, ops.cast(value, "float32"), 0.0)
-
-            self._loss_tracker.update_state(kept(total), sample_weight=weight)
-            self.adv_loss_tracker.update_state(kept(adv_loss), sample_weight=weight)
-            if clean_loss is not None and self.clean_weight > 0:
-                self.clean_loss_tracker.update_state(kept(clean_loss), sample_weight=weight)
-            self.perturbation_norm_tracker.update_state(
-                self._perturbation_norm(clean, adversarial)
-            )
-            if self._adv_compile_metrics is not None and y is not None:
-                update_metrics(self._adv_compile_metrics, adv_outputs)
-            moved, moved_state = self.policy.update(
-                context, clean, adversarial, input_grads, state
-            )
-            # A non-finite step moves neither the perturbation nor the policy state.
-            moved = [ops.where(finite, a, p) for a, p in zip(moved, adversarial)]
-            moved_state = [ops.where(finite, s, p) for s, p in zip(moved_state, state)]
-            moved = [ops.stop_gradient(a) for a in apply_masks(clean, moved, masks)]
-            step_grads = weight_grads if accumulate else []
-            return moved, moved_state, finite, step_grads, outputs
-
-        # The first replay is written out (it yields the clean outputs when the
-        # objective has a clean term); further replays (free training, FreeLB)
-        # run in a graph loop, so the traced graph does not grow with their number.
-        adversarial, state, all_finite, step_grads, clean_outputs = replay(adversarial, state)
-        accumulated = backend.accumulate(None, step_grads, 1.0 / replays) if accumulate else []
-        if replays > 1 and backend.distributed():
-            # Under tf.distribute the weight update synchronizes the replicas,
-            # which a graph loop may not contain: unroll the replays.
-            for _ in range(1, replays):
-                adversarial, state, finite, grads, _ = replay(adversarial, state)
-                all_finite = ops.logical_and(all_finite, finite)
-                if accumulate:
-                    accumulated = backend.accumulate(accumulated, grads, 1.0 / replays)
-        elif replays > 1:
-
-            def body(_, carry):
-                adv, st, finite_so_far, acc = carry
-                adv, st, finite, grads, _ = replay(list(adv), list(st))
-                if accumulate:
-                    acc = backend.accumulate(list(acc), grads, 1.0 / replays)
-                return adv, st, ops.logical_and(finite_so_far, finite), acc
-
-            adversarial, state, all_finite, accumulated = ops.fori_loop(
-                1, replays, body, (adversarial, state, all_finite, accumulated)
-            )
-            adversarial, state, accumulated = list(adversarial), list(state), list(accumulated)
-
-        if accumulate:
-            # FreeLB: the weight gradients of the K ascent steps, averaged, applied once.
-            self._apply_if_finite(accumulated, weights, all_finite)
-        # Each replica adds its share, so a skipped step counts once in the sum.
-        self.nonfinite_tracker.update_state(
-            ops.cast(ops.logical_not(all_finite), "float32") / backend.num_replicas()
-        )
-        for variable, value in zip(self._policy_state, state):
-            variable.assign(backend.gather_blocks(value))
-        if self._compile_metrics is not None and self.clean_metrics:
-            if clean_outputs is None:
-                clean_outputs = record_outputs
-            if clean_outputs is None:
-                clean_outputs = context.clean_outputs
-            if clean_outputs is None:
-                clean_outputs = self(x, training=attack_training)
-            if y is not None:
-                update_metrics(self._compile_metrics, clean_outputs)
-                if self.clean_weight == 0 and tree.is_nested(clean_outputs):
-                    # The clean per-output losses (<output>_loss) of a multi-output
-                    # model, from outputs the step already has.
-                    self._compile_loss(y, clean_outputs, label_weight)
-        return backend.step_logs(self._train_logs())
+        # The step is described backend-neutrally in keras_bidir.trainer; the
+        # active backend orders its calls (keras_bidir/backend/<name>.py).
+        return backend.train_step(self, data)
 
     def test_step(self, data):
         super().test_step(data)  # Keras' step updates the loss and the compiled metrics.

@@ -4,7 +4,7 @@ The arguments are parsed first (so `--help` and argument errors answer in well
 under a second), then TensorFlow and keras-bidir are imported, with the native
 start-up log of TensorFlow (absl/oneDNN/CUDA lines, a `cuInit` error on
 machines without a GPU) hidden unless `--verbose` is given. The commands
-themselves live in `keras_bidir.cli`.
+themselves live in `keras_bidir.apps.cli`.
 """
 
 import argparse
@@ -121,7 +121,7 @@ def _add_evaluate(sub):
 
 
 def add_bench_arguments(parser):
-    """The arguments of `keras-bidir bench` (also `python -m keras_bidir.benchmark`)."""
+    """The arguments of `keras-bidir bench` (also `python -m keras_bidir.apps.benchmark`)."""
     parser.add_argument("--quality", action="store_true",
                         help="digits protocol per policy instead of step time")
     parser.add_argument("--configs", nargs="+", default=list(BENCH_CONFIGS), choices=BENCH_CONFIGS,
@@ -163,7 +163,7 @@ def main(argv=None):
     """Entry point of the `keras-bidir` command."""
     args = build_parser().parse_args(argv)
     import_quietly(args.verbose)
-    from keras_bidir import cli
+    from keras_bidir.apps import cli
 
     return cli.run(args)
 

@@ -13,6 +13,8 @@ gets one module here exposing the same small set of functions:
 - `function(fn, jit_compile=False)`: compile a Python function into a graph.
 - `accumulate(total, gradients, weight)`: running weighted sum of gradients
   (whatever sparse form the backend produces).
+- `train_step(model, data)`: the training step, ordering the calls of the
+  backend-neutral `keras_bidir.trainer.Step`.
 
 and the distribution helpers (no-ops without a strategy): `distributed`,
 `replica_position`, `num_replicas`, `replica_rows` (this replica's rows of a
@@ -54,6 +56,7 @@ if _BACKEND == "tensorflow":
     from keras_bidir.backend.tensorflow import replica_rows  # noqa: F401
     from keras_bidir.backend.tensorflow import step_logs  # noqa: F401
     from keras_bidir.backend.tensorflow import strategy_scope  # noqa: F401
+    from keras_bidir.backend.tensorflow import train_step  # noqa: F401
     from keras_bidir.backend.tensorflow import value_and_gradients  # noqa: F401
     from keras_bidir.backend.tensorflow import variable_gradients  # noqa: F401
 else:  # pragma: no cover - exercised only under other backends.
@@ -80,6 +83,7 @@ else:  # pragma: no cover - exercised only under other backends.
         "replica_rows",
         "step_logs",
         "strategy_scope",
+        "train_step",
         "value_and_gradients",
         "variable_gradients",
     ):

@@ -1,5 +1,6 @@
 """TensorFlow gradient code: one `tf.GradientTape` per gradient computation."""
 
+import keras
 import tensorflow as tf
 
 from keras_bidir.backend import private
@@ -28,6 +29,50 @@ def value_and_gradients(fn, variables, tensors):
         unconnected_gradients=tf.UnconnectedGradients.ZERO,
     )
     return value, aux, variable_grads, tensor_grads
+
+
+def train_step(model, data):
+    """The TensorFlow training step: the `keras_bidir.trainer.Step` calls, in order.
+
+    Attack policies (FGSM, PGD, TRADES, ...) make one weight update from the
+    perturbation they generated; replay policies (FreeAdversarial, FreeLB) make
+    `replays` updates, each moving the perturbation with the input gradient of
+    the one before.
+    """
+    from keras_bidir.trainer import Step
+
+    step = Step(model, data)
+    adversarial, state = step.start()
+    adversarial, state, finite, gradients, clean_outputs = step.weight_update(adversarial, state)
+    if model.policy.kind == "replay":
+        state, finite = _replay(step, adversarial, state, finite, gradients)
+    return step.finish(finite, state, clean_outputs)
+
+
+def _replay(step, adversarial, state, finite, gradients):
+    """Updates 2..m of a replay policy; FreeLB's averaged gradients applied once."""
+    replays, weight = step.policy.replays, 1.0 / step.policy.replays
+    total = accumulate(None, gradients, weight) if step.accumulate else []
+    if tf.distribute.has_strategy():
+        # The weight update synchronizes the replicas, which a graph loop may
+        # not contain: unroll the replays.
+        for _ in range(1, replays):
+            adversarial, state, ok, grads, _ = step.weight_update(adversarial, state)
+            finite = tf.logical_and(finite, ok)
+            total = accumulate(total, grads, weight) if step.accumulate else total
+    elif replays > 1:
+        # A graph loop, so that the traced graph does not grow with the replays.
+        def body(_, carry):
+            adv, st, finite_so_far, acc = carry
+            adv, st, ok, grads, _ = step.weight_update(list(adv), list(st))
+            acc = accumulate(list(acc), grads, weight) if step.accumulate else acc
+            return adv, st, tf.logical_and(finite_so_far, ok), acc
+
+        _, state, finite, total = keras.ops.fori_loop(
+            1, replays, body, (adversarial, state, finite, total))
+    if step.accumulate:
+        step.apply(list(total), finite)
+    return list(state), finite
 
 
 def variable_gradients(fn, variables, tensors):

@@ -144,7 +144,12 @@ class InputPolicy:
         seed: integer seed for standalone use through `perturb`.
     """
 
-    #: Weight updates per batch inside one training step.
+    #: `"attack"`: `generate` perturbs the batch once, before a single weight
+    #: update. `"replay"`: the batch is replayed `replays` times, each weight
+    #: update's input gradient moving the perturbation through `update` (free
+    #: training, FreeLB). The training step branches on this alone.
+    kind = "attack"
+    #: Weight updates per batch inside one training step (replay policies).
     replays = 1
     #: Whether the policy needs the labels.
     requires_labels = True

@@ -37,6 +37,8 @@ class FreeLB(_BallPolicy):
     >>> policy = keras_bidir.policies.FreeLB(epsilon=1.0, steps=3)
     """
 
+    kind = "replay"
+
     #: The model averages the K steps' weight gradients into one update.
     accumulate_gradients = True
 

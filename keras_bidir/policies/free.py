@@ -51,6 +51,8 @@ class FreeAdversarial(_BallPolicy):
     >>> policy = keras_bidir.policies.FreeAdversarial(epsilon=0.2, replays=4)
     """
 
+    kind = "replay"
+
     def __init__(self, epsilon, replays=4, step_size=None, norm="linf", **kwargs):
         super().__init__(epsilon, norm=norm, **kwargs)
         self.replays = check_count("replays", replays)

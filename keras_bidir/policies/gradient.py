@@ -43,9 +43,8 @@ class FGSM(_BallPolicy):
     """
 
     def generate(self, context, inputs, state):
-        epsilon = self.epsilon * context.scale
-        _, grads, _ = context.loss_and_gradients(inputs)
-        return self._step_sites(context, inputs, inputs, grads, epsilon, epsilon), state
+        attack = pieces.chain(pieces.gradient_step(1.0), pieces.project(), pieces.clip_to_range())
+        return attack(self, context, inputs, list(inputs), self.epsilon * context.scale), state
 
 
 @keras.saving.register_keras_serializable(package="keras_bidir")
@@ -71,11 +70,12 @@ class RandomFGSM(_BallPolicy):
         self.step_size = 1.25 * self.epsilon if step_size is None else step_size
 
     def generate(self, context, inputs, state):
-        epsilon = self.epsilon * context.scale
-        clip = context.clip(len(inputs))
-        starts = [self._random_start(context, x, epsilon, c) for x, c in zip(inputs, clip)]
-        step = self.step_size * context.scale
-        return self._ascend(context, inputs, starts, 1, step, epsilon), state
+        attack = pieces.chain(
+            pieces.random_start("ball"), pieces.project(), pieces.clip_to_range(),
+            pieces.gradient_step(self.step_size / self.epsilon), pieces.project(),
+            pieces.clip_to_range(),
+        )
+        return attack(self, context, inputs, list(inputs), self.epsilon * context.scale), state
 
     def get_config(self):
         return {"step_size": self.step_size, **super().get_config()}
@@ -126,27 +126,21 @@ class PGD(_BallPolicy):
         self.step_size = 2.5 * self.epsilon / self.steps if step_size is None else step_size
         self.random_start = bool(random_start)
 
-    def _one_run(self, context, inputs, epsilon, step):
-        clip = context.clip(len(inputs))
-        if self.random_start:
-            adversarial = [self._random_start(context, x, epsilon, c) for x, c in zip(inputs, clip)]
-        else:
-            adversarial = list(inputs)
-
-        def body(_, current):
-            return self._ascend(context, inputs, list(current), 1, step, epsilon)
-
-        return list(ops.fori_loop(0, self.steps, body, adversarial))
+    def _one_run(self, context, inputs, epsilon):
+        start = [pieces.random_start("ball"), pieces.project(), pieces.clip_to_range()]
+        step = pieces.chain(pieces.gradient_step(self.step_size / self.epsilon), pieces.project(),
+                            pieces.clip_to_range())
+        attack = pieces.chain(*(start if self.random_start else []), pieces.repeat(step, self.steps))
+        return attack(self, context, inputs, list(inputs), epsilon)
 
     def generate(self, context, inputs, state):
         epsilon = self.epsilon * context.scale
-        step = self.step_size * context.scale
-        best = self._one_run(context, inputs, epsilon, step)
+        best = self._one_run(context, inputs, epsilon)
         if self.restarts == 1:
             return best, state
         best_loss = context.loss(best) * self.direction
         for _ in range(self.restarts - 1):
-            candidate = self._one_run(context, inputs, epsilon, step)
+            candidate = self._one_run(context, inputs, epsilon)
             candidate_loss = context.loss(candidate) * self.direction
             better = candidate_loss > best_loss
             best = [

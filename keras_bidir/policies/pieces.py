@@ -85,8 +85,9 @@ def gradient_step(scale=1.0):
 
     def step(policy, context, inputs, adversarial, epsilon):
         _, gradients, _ = context.loss_and_gradients(adversarial)
-        length = constraints.as_dtype(scale, "float32") * ops.cast(epsilon, "float32") * policy.direction
-        return [a + ops.cast(length, a.dtype) * constraints.ascent_direction(g, policy.norm)
+        # A Python-number length is converted in the data's dtype (float64 stays exact).
+        length = scale * policy.direction * epsilon
+        return [a + constraints.as_dtype(length, a.dtype) * constraints.ascent_direction(g, policy.norm)
                 for a, g in zip(adversarial, gradients)]
 
     return step
@@ -111,3 +112,15 @@ def clip_to_range():
                 for a, flag in zip(adversarial, flags)]
 
     return clipped
+
+
+def repeat(piece, times):
+    """`piece` run `times` times in a graph loop (the traced graph does not grow)."""
+
+    def repeated(policy, context, inputs, adversarial, epsilon):
+        def body(_, current):
+            return piece(policy, context, inputs, list(current), epsilon)
+
+        return list(ops.fori_loop(0, times, body, list(adversarial)))
+
+    return repeated

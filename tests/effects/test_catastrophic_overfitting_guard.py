@@ -2,7 +2,7 @@
 
 import keras_bidir as kb
 from keras_bidir import callbacks, evaluation, policies
-from keras_bidir.demo import _compile, digits_cnn
+from keras_bidir.apps.demo import _compile, digits_cnn
 
 CLIP = {"clip_min": 0.0, "clip_max": 1.0}
 

@@ -14,7 +14,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import keras_bidir as kb  # noqa: E402
-from keras_bidir.demo import digits_cnn  # noqa: E402
+from keras_bidir.apps.demo import digits_cnn  # noqa: E402
 
 
 def main(mode, backup_dir, output):

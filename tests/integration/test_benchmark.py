@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from keras_bidir import benchmark, cli
+from keras_bidir.apps import benchmark, cli
 
 
 def test_targets_follow_the_issue():
@@ -31,7 +31,7 @@ def test_cpu_memory_child_reports_a_footprint():
 
 
 def test_plots_are_drawn_from_the_bench_json(tmp_path):
-    from keras_bidir import benchmark
+    from keras_bidir.apps import benchmark
 
     speed = {"mode": "speed", "machine": {"device": "CPU"},
              "ratio_to_plain": {"plain": 1.0, "free4": 4.0},

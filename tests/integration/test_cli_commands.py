@@ -6,7 +6,7 @@ import shlex
 
 import pytest
 
-from keras_bidir import cli
+from keras_bidir.apps import cli
 
 
 def test_unknown_policy_is_a_clear_error(capsys):

@@ -5,7 +5,6 @@ predictions (issue 14: these gave wrong numbers without an error).
 """
 
 import json
-import warnings
 
 import keras
 import numpy as np

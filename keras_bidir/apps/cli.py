@@ -1,7 +1,7 @@
 """The commands of `keras-bidir`: demo, evaluate, bench.
 
 The argument parser lives in `keras_bidir_cli`, which imports nothing heavy;
-`main` here is kept for `python -m keras_bidir.cli` and earlier callers.
+`main` here is kept for `python -m keras_bidir.apps.cli` and earlier callers.
 """
 
 import os
@@ -71,7 +71,7 @@ def _evaluate(args):
 def run(args):
     """Runs a parsed `keras-bidir` command; returns the exit code."""
     if args.command == "demo":
-        from keras_bidir.demo import run_demo
+        from keras_bidir.apps.demo import run_demo
 
         run_demo(
             policy=args.policy,
@@ -89,7 +89,7 @@ def run(args):
     if args.command == "evaluate":
         return _evaluate(args)
     if args.command == "bench":
-        from keras_bidir import benchmark
+        from keras_bidir.apps import benchmark
 
         return benchmark.run(args)
     return 0

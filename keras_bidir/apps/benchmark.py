@@ -14,7 +14,7 @@ case of the default attack set, and wall time relative to plain training.
 
     keras-bidir bench                 # speed and memory table, JSON to outputs/bench/
     keras-bidir bench --quality       # accuracy / robustness / wall time per policy
-    python -m keras_bidir.benchmark   # the same
+    python -m keras_bidir.apps.benchmark   # the same
 """
 
 import argparse
@@ -63,7 +63,7 @@ def _build(name, seed=0, jit_compile="auto"):
     import keras
 
     from keras_bidir import policies  # noqa: F401  (used by eval of CONFIGS)
-    from keras_bidir.demo import digits_cnn
+    from keras_bidir.apps.demo import digits_cnn
     from keras_bidir.model import BidirectionalModel
 
     base = digits_cnn(seed)
@@ -172,7 +172,7 @@ def measure_cpu_memory(names, batch_size=128, steps=20):
     result = {}
     for name in names:
         out = subprocess.run(
-            [sys.executable, "-m", "keras_bidir.benchmark", "--child-memory", name,
+            [sys.executable, "-m", "keras_bidir.apps.benchmark", "--child-memory", name,
              "--batch-size", str(batch_size), "--steps", str(steps)],
             capture_output=True, text=True, check=True,
             env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
