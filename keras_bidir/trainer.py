@@ -193,6 +193,17 @@ class Step:
         moved_state = [ops.where(finite, s, p) for s, p in zip(moved_state, state)]
         return self._masked(moved), moved_state, finite, weight_grads if self.accumulate else [], outputs
 
+    def collect(self, total, gradients):
+        """FreeLB's running mean of the updates' weight gradients (`[]` for other policies)."""
+        if not self.accumulate:
+            return []
+        return backend.accumulate(total, gradients, 1.0 / self.policy.replays)
+
+    def apply_collected(self, total, finite):
+        """Applies FreeLB's averaged gradients once, after its K ascent steps."""
+        if self.accumulate:
+            self.apply(list(total), finite)
+
     def _ascend_weights(self, adversarial):
         """Moves the weights to θ + v (the weight policy's ascent).
 

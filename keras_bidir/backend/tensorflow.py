@@ -50,28 +50,24 @@ def train_step(model, data):
 
 
 def _replay(step, adversarial, state, finite, gradients):
-    """Updates 2..m of a replay policy; FreeLB's averaged gradients applied once."""
-    replays, weight = step.policy.replays, 1.0 / step.policy.replays
-    total = accumulate(None, gradients, weight) if step.accumulate else []
+    """Weight updates 2..m of a replay policy."""
+    total = step.collect(None, gradients)
     if tf.distribute.has_strategy():
         # The weight update synchronizes the replicas, which a graph loop may
         # not contain: unroll the replays.
-        for _ in range(1, replays):
+        for _ in range(1, step.policy.replays):
             adversarial, state, ok, grads, _ = step.weight_update(adversarial, state)
-            finite = tf.logical_and(finite, ok)
-            total = accumulate(total, grads, weight) if step.accumulate else total
-    elif replays > 1:
+            finite, total = tf.logical_and(finite, ok), step.collect(total, grads)
+    elif step.policy.replays > 1:
         # A graph loop, so that the traced graph does not grow with the replays.
         def body(_, carry):
             adv, st, finite_so_far, acc = carry
             adv, st, ok, grads, _ = step.weight_update(list(adv), list(st))
-            acc = accumulate(list(acc), grads, weight) if step.accumulate else acc
-            return adv, st, tf.logical_and(finite_so_far, ok), acc
+            return adv, st, tf.logical_and(finite_so_far, ok), step.collect(list(acc), grads)
 
         _, state, finite, total = keras.ops.fori_loop(
-            1, replays, body, (adversarial, state, finite, total))
-    if step.accumulate:
-        step.apply(list(total), finite)
+            1, step.policy.replays, body, (adversarial, state, finite, total))
+    step.apply_collected(total, finite)
     return list(state), finite
 
 
