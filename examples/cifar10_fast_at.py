@@ -93,7 +93,8 @@ def build_resnet(input_shape, num_classes=10, widths=(64, 128, 256, 512), blocks
 
 
 def run(train, test, epochs=15, batch_size=128, peak_lr=0.2, widths=(64, 128, 256, 512),
-        blocks=2, eval_examples=1000, val_examples=500, output_dir="outputs/cifar10_fast_at", verbose="auto"):
+        blocks=2, eval_examples=1000, val_examples=500, guard_examples=512,
+        output_dir="outputs/cifar10_fast_at", verbose="auto"):
     """Fast adversarial training; returns the `RobustnessReport` on the test set."""
     (x_train, y_train), (x_test, y_test) = train, test
     epsilon = 8 / 255
@@ -111,7 +112,8 @@ def run(train, test, epochs=15, batch_size=128, peak_lr=0.2, widths=(64, 128, 25
     )
     os.makedirs(output_dir, exist_ok=True)
     guard = kb.callbacks.CatastrophicOverfittingGuard(
-        x_train[:512], y_train[:512], check_every=max(1, steps // (4 * epochs)), remedy="pgd")
+        x_train[:guard_examples], y_train[:guard_examples],
+        check_every=max(1, steps // (4 * epochs)), remedy="pgd")
     model.fit(
         x_train, y_train, batch_size=batch_size, epochs=epochs, verbose=verbose,
         validation_data=(x_test[:val_examples], y_test[:val_examples]),
@@ -138,7 +140,7 @@ def main(argv=None):
         rgb = lambda x: x.repeat(3, axis=-1)  # noqa: E731  8×8 grey → 8×8×3
         return run((rgb(x_train), y_train), (rgb(x_test), y_test), epochs=args.epochs or 4,
                    batch_size=64, peak_lr=0.05, widths=(16, 32), blocks=1, eval_examples=200,
-                   val_examples=200,
+                   val_examples=200, guard_examples=128,
                    output_dir=args.output_dir, verbose=2)
     train, test = kb.datasets.load_cifar10(data_dir=args.data_dir, limit=args.limit)
     return run(train, test, epochs=args.epochs or 15, output_dir=args.output_dir)
