@@ -10,13 +10,14 @@ one extra forward and backward pass over the weights per step.
 import keras
 from keras import ops
 
+from keras_bidir.policies.base import Configured
 from keras_bidir.policies.base import check_count
 from keras_bidir.policies.base import check_positive
 
 _TINY = 1e-12
 
 
-class WeightPolicy:
+class WeightPolicy(Configured):
     """Base class of weight policies: how the weights move before the descent step.
 
     Subclasses implement `perturbation(weights, gradients)`.
@@ -40,19 +41,6 @@ class WeightPolicy:
 
     def get_config(self):
         return {"warmup_epochs": self.warmup_epochs}
-
-    @classmethod
-    def from_config(cls, config):
-        return cls(**config)
-
-    def __repr__(self):
-        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
-        return f"{type(self).__name__}({args})"
-
-    def __eq__(self, other):
-        return type(self) is type(other) and self.get_config() == other.get_config()
-
-    __hash__ = object.__hash__
 
 
 def _norm(tensor):

@@ -126,7 +126,24 @@ class PerturbationContext:
         return keras.tree.map_structure(ops.stop_gradient, outputs)
 
 
-class InputPolicy:
+class Configured:
+    """`from_config`, `repr` and equality from `get_config` (input and weight policies)."""
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+    def __repr__(self):
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
+        return f"{type(self).__name__}({args})"
+
+    def __eq__(self, other):
+        return type(self) is type(other) and self.get_config() == other.get_config()
+
+    __hash__ = object.__hash__
+
+
+class InputPolicy(Configured):
     """Base class of input policies: how inputs move along their gradient.
 
     A policy is configuration plus pure functions. State (such as the
@@ -356,19 +373,6 @@ class InputPolicy:
             "direction": self.direction,
             "seed": self.seed,
         }
-
-    @classmethod
-    def from_config(cls, config):
-        return cls(**config)
-
-    def __repr__(self):
-        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
-        return f"{type(self).__name__}({args})"
-
-    def __eq__(self, other):
-        return type(self) is type(other) and self.get_config() == other.get_config()
-
-    __hash__ = object.__hash__
 
 
 def resolve_attack_loss(model, y, loss=None):
