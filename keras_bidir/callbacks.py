@@ -247,9 +247,11 @@ class CatastrophicOverfittingGuard(keras.callbacks.Callback):
         self._snapshot = None
         self._steps = 0
         self._epoch = 0
+        self._judge = None
 
     def on_train_begin(self, logs=None):
         model = _bidirectional(self.model, "CatastrophicOverfittingGuard")
+        self._judge = None
         if self.x is None or self.y is None:
             raise ValueError("CatastrophicOverfittingGuard needs a held training batch: x=..., y=....")
         policy = model.policy
@@ -265,7 +267,10 @@ class CatastrophicOverfittingGuard(keras.callbacks.Callback):
     def _accuracy(self):
         # At the full ε, not the scheduled one: a ramping ε would otherwise
         # look like a collapse (accuracy falls as ε grows).
-        return evaluation.robust_accuracy(self.model, self.x, self.y, self.attack)
+        if self._judge is None:  # what the outputs are, decided once per fit
+            self._judge = evaluation.Judge.describe(self.model, self.x, self.y)
+        return float(np.mean(evaluation.scores_under_attack(
+            self.model, self.x, self.y, self.attack, self._judge)))
 
     def _take_snapshot(self):
         self._snapshot = (

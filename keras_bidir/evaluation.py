@@ -178,7 +178,7 @@ class Judge:
         if not kind.is_classification:
             loss = outputs_lib.compiled_loss(model, _loss_key(model, output))
             loss = loss if loss is not None else "mean_squared_error"
-            self.measure = outputs_lib._loss_name(loss) or "loss"
+            self.measure = outputs_lib.loss_name(loss) or "loss"
             self._loss = losses_lib.per_example_loss_fn(loss)
 
     @classmethod

@@ -75,7 +75,8 @@ class OutputKind:
         return f"OutputKind({self.task!r}, from_logits={self.from_logits!r})"
 
 
-def _loss_name(loss):
+def loss_name(loss):
+    """The lower-case name of a loss spec (string, `keras.losses.Loss` or function)."""
     if isinstance(loss, str):
         return loss.lower()
     if isinstance(loss, keras.losses.Loss):
@@ -87,13 +88,13 @@ def _loss_from_logits(loss):
     """The loss's `from_logits`, or None when it does not say."""
     if isinstance(loss, keras.losses.Loss):
         return loss.get_config().get("from_logits")
-    if _loss_name(loss) in _BINARY_LOSSES | _MULTICLASS_LOSSES:
+    if loss_name(loss) in _BINARY_LOSSES | _MULTICLASS_LOSSES:
         return False  # The string and function forms default to probabilities.
     return None
 
 
 def _task_from_loss(loss, units):
-    name = _loss_name(loss)
+    name = loss_name(loss)
     if name in _REGRESSION_LOSSES:
         return REGRESSION
     if name in _BINARY_LOSSES:
@@ -151,9 +152,9 @@ def describe_outputs(model, outputs, y, from_logits=None, loss=None):
     units = 1 if outputs.ndim < 2 else int(np.prod(outputs.shape[1:]))
     loss = compiled_loss(model) if loss is None else loss
     task = _task_from_loss(loss, units) if loss is not None else None
-    if task is None and loss is not None and _loss_name(loss) in _BINARY_LOSSES | _MULTICLASS_LOSSES:
+    if task is None and loss is not None and loss_name(loss) in _BINARY_LOSSES | _MULTICLASS_LOSSES:
         raise ValueError(
-            f"The model has {units} outputs and is trained with {_loss_name(loss)}: a "
+            f"The model has {units} outputs and is trained with {loss_name(loss)}: a "
             "multi-label (or mismatched) head, for which robust accuracy per example is "
             "not defined here. Evaluate one binary or one multi-class head (`output=`)."
         )
@@ -165,7 +166,7 @@ def describe_outputs(model, outputs, y, from_logits=None, loss=None):
         return OutputKind(task, bool(from_logits), "from_logits argument")
     said = _loss_from_logits(loss) if loss is not None else None
     if said is not None:
-        return OutputKind(task, bool(said), f"the compiled loss ({_loss_name(loss)})")
+        return OutputKind(task, bool(said), f"the compiled loss ({loss_name(loss)})")
     activation = _activation_of_output_layer(model)
     if activation is not None:
         return OutputKind(task, False, f"the output layer's {activation}")
