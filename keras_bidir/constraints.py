@@ -86,10 +86,12 @@ def ascent_direction(gradient, norm):
     norm = standardize_norm(norm)
     if norm == "linf":
         return ops.sign(gradient)
-    # Normalise in float32: float16 squares of small gradients underflow.
-    g32 = ops.cast(gradient, "float32")
-    length = per_example_norm(g32, "l2")
-    unit = g32 / _expand_per_example(ops.maximum(length, _TINY), g32)
+    # Normalise in at least float32 (float16 squares of small gradients underflow)
+    # and in float64 for float64 inputs, so a unit step has the inputs' precision.
+    wide = "float64" if keras.backend.standardize_dtype(gradient.dtype) == "float64" else "float32"
+    g = ops.cast(gradient, wide)
+    length = per_example_norm(g, "l2")
+    unit = g / _expand_per_example(ops.maximum(length, _TINY), g)
     return ops.cast(unit, gradient.dtype)
 
 

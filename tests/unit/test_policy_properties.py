@@ -2,7 +2,7 @@
 
 import keras
 import numpy as np
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from keras_bidir import policies
@@ -67,6 +67,8 @@ def quadratic_context(inputs, seed):
     batch=st.integers(1, 4),
     seed=st.integers(0, 2**16),
 )
+# Found by CI: VAT's unit direction was normalised in float32, so float64 steps overshot ε.
+@example(kind="vat", norm="linf", dtype="float64", epsilon=0.25, shape=[2], batch=1, seed=2)
 def test_policies_stay_finite_in_ball_and_range(kind, norm, dtype, epsilon, shape, batch, seed):
     policy = make_policy(kind, epsilon, norm)
     rng = np.random.default_rng(seed)
