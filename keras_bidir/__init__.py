@@ -7,9 +7,12 @@ FGSM, PGD or free adversarial training).
 
 from keras_bidir import callbacks
 from keras_bidir import datasets
+from keras_bidir import example_index
 from keras_bidir import evaluation
 from keras_bidir import layers
 from keras_bidir import policies
+from keras_bidir import recipes
+from keras_bidir import schedules
 from keras_bidir import sites
 from keras_bidir import weight_policies
 from keras_bidir.evaluation import evaluate_robustness
@@ -22,8 +25,11 @@ __all__ = [
     "datasets",
     "evaluate_robustness",
     "evaluation",
+    "example_index",
     "layers",
     "policies",
+    "recipes",
+    "schedules",
     "sites",
     "weight_policies",
     "__version__",

@@ -11,6 +11,12 @@ def _is_array_like(value):
     return hasattr(value, "shape") and hasattr(value, "dtype") and hasattr(value, "__getitem__")
 
 
+def is_array_data(x):
+    """True for arrays or tensors, or a list / tuple / dict of them (what Keras slices itself)."""
+    leaves = keras.tree.flatten(x) if isinstance(x, (list, tuple, dict)) else [x]
+    return bool(leaves) and all(_is_array_like(leaf) or isinstance(leaf, list) for leaf in leaves)
+
+
 def _looks_like_tf_dataset(value):
     return type(value).__module__.startswith("tensorflow") and hasattr(value, "element_spec")
 

@@ -115,7 +115,7 @@ def default_classification_loss(model, y, from_logits=None):
     return keras.losses.CategoricalCrossentropy(from_logits=from_logits)
 
 
-def _one_hot_like(y_true, logits):
+def one_hot_like(y_true, logits):
     num_classes = logits.shape[-1]
     y_true = ops.convert_to_tensor(y_true)
     if len(y_true.shape) == len(logits.shape) and y_true.shape[-1] == num_classes:
@@ -138,7 +138,7 @@ def margin_loss(y_true, logits):
     A single-logit binary output z is read as the two logits [0, z].
     """
     logits = two_class_logits(logits)
-    one_hot = _one_hot_like(y_true, logits)
+    one_hot = one_hot_like(y_true, logits)
     true_logit = ops.sum(logits * one_hot, axis=-1)
     other = ops.max(ops.where(one_hot > 0, -1e30, logits), axis=-1)
     return other - true_logit

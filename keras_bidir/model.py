@@ -12,6 +12,7 @@ from keras_bidir import backend
 from keras_bidir.backend import private
 from keras_bidir import constraints
 from keras_bidir import data_utils
+from keras_bidir import example_index
 from keras_bidir import inputs as inputs_lib
 from keras_bidir import losses as losses_lib
 from keras_bidir import policies as policies_lib
@@ -200,6 +201,7 @@ class BidirectionalModel(keras.Model):
                 shape=(), initializer="ones", trainable=False, name="weight_perturbation_scale"
             )
         self._policy_state = []
+        self._example_state = []
         self._policy_state_dtypes = []
         self.adv_loss_tracker = StepMean(name="adv_loss")
         self.clean_loss_tracker = StepMean(name="clean_loss")
@@ -447,6 +449,7 @@ class BidirectionalModel(keras.Model):
                 data_batch,
             )
             x, y, sample_weight = _unpack(data_batch)
+            x, _ = example_index.split(x)
 
             def build_adv_metrics(x, y, sample_weight):
                 outputs = self(x, training=False)
@@ -458,6 +461,8 @@ class BidirectionalModel(keras.Model):
 
             if y is not None:
                 private.compute_output_spec(build_adv_metrics, x, y, sample_weight)
+        if data_batch is not None:
+            data_batch = _without_example_index(data_batch)
         super()._symbolic_build(iterator=iterator, data_batch=data_batch)
 
     def _create_policy_state(self, shapes, dtypes):
@@ -481,8 +486,70 @@ class BidirectionalModel(keras.Model):
                 )
         self._policy_state_dtypes = list(dtypes)
 
+    def _create_example_state(self, shapes, dtypes):
+        # One row per training example (PriorGuidedFGSM(prior="example"), ATAS).
+        with private.unlocked_tracker(self):
+            for position, (shape, dtype) in enumerate(zip(shapes, dtypes)):
+                self._example_state.append(self.add_weight(
+                    shape=tuple(shape), initializer="zeros", dtype=dtype, trainable=False,
+                    name=f"example_state_{position}"))
+
     def _needs_policy_state(self):
         return bool(self.policy.state_shapes([()])) and not self._policy_state
+
+    def _with_example_index(self, x, x_batch):
+        """`x` with each example's index, and the per-example store, for policies that keep one."""
+        if not self.policy.example_state_shapes([()]):
+            return x
+        name = type(self.policy).__name__
+        with backend.strategy_scope(self):
+            if backend.num_replicas() > 1:
+                raise NotImplementedError(
+                    f"{name} keeps a memory per training example, which does not run under "
+                    "tf.distribute yet; train on one device.")
+        indexed = example_index.is_indexed(x)
+        if not indexed and not data_utils.is_array_data(x):
+            if not example_index.is_indexed(x_batch):
+                raise ValueError(
+                    f"{name} keeps a memory per training example and needs each example's index. "
+                    "Pass arrays to fit(), or index the examples of your dataset with "
+                    "keras_bidir.example_index.with_example_index(dataset) before shuffling "
+                    "and batching (and pass num_examples=... to the policy).")
+            count = getattr(self.policy, "num_examples", None)
+            if count is None:
+                raise ValueError(f"With a dataset, {name} needs num_examples=<number of training "
+                                 "examples> to size its per-example memory.")
+        else:
+            x = x if indexed else example_index.index_arrays(x)
+            count = int(np.max(x[example_index.INDEX])) + 1
+            count = max(count, getattr(self.policy, "num_examples", None) or 0)
+        self.build_example_state(x_batch, count)
+        return x
+
+    def build_example_state(self, x, num_examples):
+        """Creates the policy's per-example memory (one row per training example).
+
+        `fit` calls this; call it yourself only when you drive `train_step`
+        directly with indexed inputs (`keras_bidir.example_index`).
+
+        Args:
+            x: one batch of inputs (batch axis first), possibly indexed.
+            num_examples: the number of training examples.
+        """
+        x, _ = example_index.split(x)
+        if self._example_state:
+            rows = int(self._example_state[0].shape[0])
+            if num_examples > rows:
+                raise ValueError(
+                    f"This model's per-example memory holds {rows} examples; the data has "
+                    f"{num_examples}. Train on the same examples, or build a new model.")
+            return
+        x = tree.map_structure(ops.convert_to_tensor, x)
+        clean, _, _ = self._sites(x).record(self, x, training=False)
+        shapes = self.policy.example_state_shapes([tuple(t.shape[1:]) for t in clean])
+        dtypes = [keras.backend.standardize_dtype(clean[i % len(clean)].dtype)
+                  for i in range(len(shapes))]
+        self._create_example_state([(int(num_examples),) + tuple(s) for s in shapes], dtypes)
 
     def build_policy_state(self, x):
         """Creates the policy's persistent state for batches like `x`.
@@ -504,7 +571,9 @@ class BidirectionalModel(keras.Model):
         rows = -(-int(clean[0].shape[0]) // replicas)
         shapes = self.policy.state_shapes([(rows,) + tuple(t.shape[1:]) for t in clean])
         shapes = [(replicas * shape[0],) + tuple(shape[1:]) for shape in shapes]
-        dtypes = [keras.backend.standardize_dtype(t.dtype) for t in clean]
+        # A policy may keep several tensors per site (site after site, in rounds).
+        dtypes = [keras.backend.standardize_dtype(clean[i % len(clean)].dtype)
+                  for i in range(len(shapes))]
         self._create_policy_state(shapes, dtypes)
 
     def _check_label_range(self, y):
@@ -546,8 +615,10 @@ class BidirectionalModel(keras.Model):
         self._check_label_range(y)
         if x is not None:
             x_batch, x = data_utils.peek_inputs(x, batch_size)
-            self._check_data(x_batch)
-            self.build_policy_state(x_batch)
+            inputs_batch, _ = example_index.split(x_batch)
+            self._check_data(inputs_batch)
+            self.build_policy_state(inputs_batch)
+            x = self._with_example_index(x, x_batch)
         callbacks = list(kwargs.pop("callbacks", None) or [])
         callbacks.append(_NonFiniteWarning())
         if self.weight_policy is not None and self.weight_policy.warmup_epochs:
@@ -555,8 +626,14 @@ class BidirectionalModel(keras.Model):
         return super().fit(x, y, batch_size, *args, callbacks=callbacks, **kwargs)
 
     def train_on_batch(self, x, y=None, *args, **kwargs):
-        self._check_data(x)
-        self.build_policy_state(x)
+        inputs, index = example_index.split(x)
+        self._check_data(inputs)
+        self.build_policy_state(inputs)
+        if self.policy.example_state_shapes([()]) and not self._example_state:
+            raise ValueError(
+                f"{type(self.policy).__name__} keeps a memory per training example: train with "
+                "fit(), or call build_example_state(x, num_examples) first and pass inputs "
+                "indexed as keras_bidir.example_index describes.")
         return super().train_on_batch(x, y, *args, **kwargs)
 
     def get_build_config(self):
@@ -564,16 +641,24 @@ class BidirectionalModel(keras.Model):
         if self._policy_state:
             config["policy_state_shapes"] = [list(v.shape) for v in self._policy_state]
             config["policy_state_dtypes"] = list(self._policy_state_dtypes)
+        if self._example_state:
+            config["example_state_shapes"] = [list(v.shape) for v in self._example_state]
+            config["example_state_dtypes"] = [
+                keras.backend.standardize_dtype(v.dtype) for v in self._example_state]
         return config
 
     def build_from_config(self, config):
         config = dict(config)
         shapes = config.pop("policy_state_shapes", None)
         dtypes = config.pop("policy_state_dtypes", None)
+        example_shapes = config.pop("example_state_shapes", None)
+        example_dtypes = config.pop("example_state_dtypes", None)
         if config:
             super().build_from_config(config)
         if shapes and not self._policy_state:
             self._create_policy_state(shapes, dtypes)
+        if example_shapes and not self._example_state:
+            self._create_example_state(example_shapes, example_dtypes)
 
     # -- the bidirectional step ----------------------------------------------------
     def _context(self, x, y, sites, clean, masks):
@@ -673,6 +758,7 @@ class BidirectionalModel(keras.Model):
         return backend.train_step(self, data)
 
     def test_step(self, data):
+        data = _without_example_index(data)  # validation_split keeps fit's index
         super().test_step(data)  # Keras' step updates the loss and the compiled metrics.
         return backend.step_logs(self._results(self.metrics))
 
@@ -706,3 +792,10 @@ class BidirectionalModel(keras.Model):
                 config["weight_policy"], custom_objects=custom_objects
             )
         return cls(base_model, policy, **config)
+
+
+def _without_example_index(data):
+    """A `(x, y[, sample_weight])` batch with the example index taken off the inputs."""
+    if not isinstance(data, tuple) or not data or not example_index.is_indexed(data[0]):
+        return data
+    return (example_index.split(data[0])[0],) + data[1:]

@@ -20,6 +20,7 @@ from keras import tree
 
 from keras_bidir import backend
 from keras_bidir import constraints
+from keras_bidir import example_index
 from keras_bidir.backend import private
 from keras_bidir.metrics import update_labeled
 from keras_bidir.sites import apply_masks
@@ -100,7 +101,12 @@ class Step:
 
     def __init__(self, model, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        x, self.example_index = example_index.split(x)
         policy = model.policy
+        if self.example_index is None and model._example_state:
+            raise ValueError(
+                f"{type(policy).__name__} keeps a memory per training example and needs each "
+                "example's index in the batch (keras_bidir.example_index).")
         if y is None and policy.requires_labels:
             raise ValueError(
                 f"{type(policy).__name__} follows the loss gradient and needs "
@@ -122,6 +128,7 @@ class Step:
         self.clean, self.masks, self.record_outputs = self.sites.record(
             model, x, training=self.attack_training)
         self.context = model._context(x, self.y, self.sites, self.clean, self.masks)
+        self.context.example_index = self.example_index
         self.weights = model.trainable_weights
         self.accumulate = bool(getattr(policy, "accumulate_gradients", False)) and bool(self.weights)
         self.statistics = moving_statistics(model) if policy.freeze_statistics else []
@@ -131,6 +138,7 @@ class Step:
         """The input policy's perturbation before the first weight update, and its state."""
         # Under a strategy each replica keeps its own block of the policy state.
         state = [backend.replica_block(ops.convert_to_tensor(v)) for v in self.model._policy_state]
+        state += [ops.convert_to_tensor(v) for v in self.model._example_state]  # one row per example
         adversarial, state = self.policy.generate(self.context, self.clean, state)
         return self._masked(adversarial), state
 
@@ -143,15 +151,18 @@ class Step:
         adv_outputs = kept_statistics(self.statistics, lambda: self.sites.forward(
             model, self.x, tensors, self.clean, self.masks, training=True))
         clean_loss, outputs = None, None
-        if model.clean_weight > 0:
+        if model.clean_weight > 0 or self.policy.needs_clean_outputs:
             outputs = model(self.x, training=True)
-            if y is not None:
-                clean_loss = model._compile_loss(y, outputs, self.label_weight) * self.label_scale
+        if model.clean_weight > 0 and y is not None:
+            clean_loss = model._compile_loss(y, outputs, self.label_weight) * self.label_scale
         policy_loss = self.policy.adversarial_loss(y, outputs, adv_outputs)
         if policy_loss is None:
             adv_loss = model._adv_compile_loss(y, adv_outputs, self.label_weight) * self.label_scale
         else:
             adv_loss = mean_loss(policy_loss, self.sample_weight)
+        regularizer = self.policy.regularizer(self.context, adv_outputs)
+        if regularizer is not None:
+            adv_loss = adv_loss + mean_loss(regularizer, self.sample_weight)
         total = adv_loss * model.adversarial_weight
         if clean_loss is not None:
             total = total + clean_loss * model.clean_weight
@@ -287,6 +298,8 @@ class Step:
             ops.cast(ops.logical_not(finite), "float32") / backend.num_replicas())
         for variable, value in zip(model._policy_state, state):
             variable.assign(backend.gather_blocks(value))
+        for variable, value in zip(model._example_state, state[len(model._policy_state):]):
+            variable.assign(value)
         if model._compile_metrics is not None and model.clean_metrics and self.y is not None:
             for candidate in (self.record_outputs, self.context.clean_outputs):
                 clean_outputs = candidate if clean_outputs is None else clean_outputs

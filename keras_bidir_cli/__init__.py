@@ -14,14 +14,21 @@ import sys
 
 #: The names `keras_bidir.policies.names()` returns (kept equal by a test).
 POLICY_NAMES = (
-    "apgd", "fgsm", "free", "free_adversarial", "freelb", "gaussian_noise", "nfgsm", "pgd",
-    "random_fgsm", "trades", "vat",
+    "apgd", "atas", "fgsm", "fgsm_pgi", "free", "free_adversarial", "freelb", "gaussian_noise",
+    "mart", "nfgsm", "pgd", "prior_guided_fgsm", "random_fgsm", "trades", "vat",
 )
 #: The configurations of `keras-bidir bench` (kept equal to `benchmark.CONFIGS` by a test).
 BENCH_CONFIGS = (
     "plain", "gaussian_noise", "fgsm", "random_fgsm", "nfgsm", "pgd3", "pgd7", "free4", "freelb3",
     "trades7", "vat", "augment", "worst_of_4", "augment_pgd3",
 )
+#: `keras-bidir bench --quality` configurations (keras_bidir.apps.frontier.CONFIG_NAMES).
+QUALITY_CONFIGS = (
+    "plain", "fgsm", "random_fgsm", "nfgsm", "prior_fgsm", "free4", "pgd3", "pgd7", "trades7",
+    "mart7", "nfgsm_cyclic", "prior_fgsm_cyclic", "free4_cyclic", "pgd3_cyclic",
+    "pgd3_awp_cyclic", "trades3_cyclic", "recipe_fast", "recipe_strong",
+)
+QUALITY_PROTOCOLS = ("digits", "mnist_5k")
 
 
 @contextlib.contextmanager
@@ -124,15 +131,20 @@ def _add_evaluate(sub):
 def add_bench_arguments(parser):
     """The arguments of `keras-bidir bench` (also `python -m keras_bidir.apps.benchmark`)."""
     parser.add_argument("--quality", action="store_true",
-                        help="digits protocol per policy instead of step time")
-    parser.add_argument("--configs", nargs="+", default=list(BENCH_CONFIGS), choices=BENCH_CONFIGS,
-                        help="configurations to run (plain is always included)")
+                        help="robustness against training time (the frontier) instead of step time")
+    parser.add_argument("--configs", nargs="+", default=None,
+                        choices=sorted(set(BENCH_CONFIGS) | set(QUALITY_CONFIGS)),
+                        help="configurations to run (plain is always included); default: all "
+                             "of the mode's")
+    parser.add_argument("--protocols", nargs="+", default=list(QUALITY_PROTOCOLS),
+                        choices=QUALITY_PROTOCOLS, help="--quality: the protocols to run")
+    parser.add_argument("--seeds", type=int, default=None,
+                        help="--quality: seeds per configuration (default: 3 on digits, 1 on MNIST)")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=5, help="timed epochs per configuration")
     parser.add_argument("--steps", type=int, default=10, help="steps per memory child process")
     parser.add_argument("--memory-batch-size", type=int, default=1024,
                         help="batch size of the CPU memory measurement (large, so activations dominate)")
-    parser.add_argument("--epochs", type=int, default=30, help="--quality: epochs of plain training")
     parser.add_argument("--jit-compile", choices=["auto", "true", "false"], default="auto")
     parser.add_argument("--no-memory", action="store_true", help="skip the memory measurement")
     parser.add_argument("--output-dir", default="outputs/bench")

@@ -95,4 +95,6 @@ def training_policies():
         _policies.GaussianNoise(0.1, **CLIP),
         _policies.APGD(0.1, steps=3, **CLIP),
         _policies.FreeLB(0.1, steps=2, norm="linf"),
+        _policies.PriorGuidedFGSM(0.1, momentum=0.3, **CLIP),
+        _policies.MART(0.1, steps=2, **CLIP),
     ]

@@ -8,12 +8,13 @@ allocator peak (reset per configuration); on a CPU, where TensorFlow keeps no
 allocator statistics, the peak-RSS increase of a child process per
 configuration that runs the same steps.
 
-Quality (`--quality`): the digits protocol (docs/benchmarks.md) per policy:
-clean accuracy, robust accuracy at ε = 0.2 under PGD-20 ×2 and under the worst
-case of the default attack set, and wall time relative to plain training.
+Quality (`--quality`, `keras_bidir.apps.frontier`): on the digits and the
+MNIST-5k protocols, every policy and recipe trained per seed next to plain
+`fit`: clean accuracy, worst-case robust accuracy, training time relative to
+plain, catastrophic-overfitting events, and the frontier.
 
     keras-bidir bench                 # speed and memory table, JSON to outputs/bench/
-    keras-bidir bench --quality       # accuracy / robustness / wall time per policy
+    keras-bidir bench --quality       # the robustness-versus-time frontier, both protocols
     python -m keras_bidir.apps.benchmark   # the same
 """
 
@@ -221,60 +222,6 @@ def speed_table(medians, replays, memory):
     return "\n".join(lines)
 
 
-def run_quality(names, epochs=30, seed=0, verbose=True):
-    """The digits protocol for each configuration: accuracy, robustness, wall time."""
-    from keras_bidir import datasets
-    from keras_bidir import policies
-    from keras_bidir.evaluation import evaluate_robustness
-
-    (x_train, y_train), (x_test, y_test) = datasets.load_digits()
-    rows = {}
-    for name in names:
-        model = _build(name, seed=seed)
-        policy = getattr(model, "policy", None)
-        # Free training makes `replays` weight updates per batch: same updates, fewer epochs.
-        if policy is not None and not getattr(policy, "accumulate_gradients", False):
-            run_epochs = max(1, round(epochs / policy.replays))
-        else:
-            run_epochs = epochs
-        start = time.perf_counter()
-        model.fit(x_train, y_train, batch_size=128, epochs=run_epochs, verbose=0)
-        seconds = time.perf_counter() - start
-        attacks = {
-            "PGD-20x2": policies.PGD(0.2, steps=20, restarts=2, clip_min=0.0, clip_max=1.0),
-            "APGD-CE": policies.APGD(0.2, steps=100, clip_min=0.0, clip_max=1.0),
-            "APGD-DLR": policies.APGD(0.2, steps=100, loss="dlr", clip_min=0.0, clip_max=1.0),
-        }
-        report = evaluate_robustness(model, (x_test, y_test), [0.2], attacks=attacks,
-                                     checks=False, seed=seed, verbose=0)
-        rows[name] = {
-            "epochs": run_epochs,
-            "train_seconds": seconds,
-            "clean_accuracy": report.clean_accuracy,
-            "pgd20x2_accuracy": report.accuracy["PGD-20x2"][0.2],
-            "worst_case_accuracy": report.robust_accuracy[0.2],
-        }
-        if verbose:
-            print(f"  {name}: {rows[name]}", flush=True)
-    return rows
-
-
-def quality_table(rows):
-    plain = rows["plain"]["train_seconds"]
-    lines = [
-        "| configuration | epochs | clean acc | robust acc ε=0.2 (PGD-20x2) | robust acc ε=0.2 "
-        "(worst of PGD-20x2, APGD-CE, APGD-DLR) | train s | × plain time |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for name, row in rows.items():
-        lines.append(
-            f"| {name} | {row['epochs']} | {row['clean_accuracy']:.1%} | {row['pgd20x2_accuracy']:.1%} | "
-            f"{row['worst_case_accuracy']:.1%} | {row['train_seconds']:.1f} | "
-            f"{row['train_seconds'] / plain:.2f} |"
-        )
-    return "\n".join(lines)
-
-
 def build_parser(parser=None):
     """The `keras-bidir bench` arguments (defined in `keras_bidir_cli`)."""
     from keras_bidir_cli import add_bench_arguments
@@ -296,38 +243,23 @@ def _pyplot():
 
 
 def plot(payload, path):
-    """Draws a bench JSON payload (speed or quality) as a PNG; False without matplotlib."""
+    """Draws a speed JSON payload as a PNG; False without matplotlib."""
     plt = _pyplot()
     if plt is None:
         return False
-    if payload["mode"] == "speed":
-        names = list(payload["ratio_to_plain"])
-        ratios = [payload["ratio_to_plain"][n] for n in names]
-        per_update = [r / payload["weight_updates_per_step"][n] for r, n in zip(ratios, names)]
-        figure, axis = plt.subplots(figsize=(6.5, 3.6))
-        positions = range(len(names))
-        axis.bar([p - 0.2 for p in positions], ratios, width=0.4, label="per step")
-        axis.bar([p + 0.2 for p in positions], per_update, width=0.4, label="per weight update")
-        axis.axhline(1.0, color="black", linewidth=1)
-        axis.set_xticks(list(positions), names, rotation=30, ha="right")
-        axis.set_ylabel("step time / plain fit()")
-        axis.set_title(f"median step time ({payload['machine']['device']})", fontsize=9)
-    else:
-        rows = payload["rows"]
-        figure, axis = plt.subplots(figsize=(6.0, 3.8))
-        plain_seconds = rows["plain"]["train_seconds"]
-        for name, row in rows.items():
-            cost = row["train_seconds"] / plain_seconds
-            axis.scatter(cost, 100 * row["worst_case_accuracy"], s=40)
-            axis.annotate(f"{name} ({100 * row['clean_accuracy']:.0f}% clean)",
-                          (cost, 100 * row["worst_case_accuracy"]), fontsize=8,
-                          xytext=(4, 3), textcoords="offset points")
-        axis.set_xlabel("training time / plain training")
-        axis.set_ylabel("worst-case robust accuracy (%)")
-        axis.set_title("digits protocol, L∞ ε = 0.2", fontsize=9)
+    names = list(payload["ratio_to_plain"])
+    ratios = [payload["ratio_to_plain"][n] for n in names]
+    per_update = [r / payload["weight_updates_per_step"][n] for r, n in zip(ratios, names)]
+    figure, axis = plt.subplots(figsize=(6.5, 3.6))
+    positions = range(len(names))
+    axis.bar([p - 0.2 for p in positions], ratios, width=0.4, label="per step")
+    axis.bar([p + 0.2 for p in positions], per_update, width=0.4, label="per weight update")
+    axis.axhline(1.0, color="black", linewidth=1)
+    axis.set_xticks(list(positions), names, rotation=30, ha="right")
+    axis.set_ylabel("step time / plain fit()")
+    axis.set_title(f"median step time ({payload['machine']['device']})", fontsize=9)
     axis.grid(alpha=0.3)
-    if payload["mode"] == "speed":
-        axis.legend()
+    axis.legend()
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
@@ -338,45 +270,70 @@ def run(args):
     if args.child_memory:
         _child_memory(args.child_memory, args.batch_size, args.steps)
         return 0
-    names = ["plain"] + [n for n in args.configs if n != "plain"]
     os.makedirs(args.output_dir, exist_ok=True)
     info = machine()
     command = "keras-bidir bench " + " ".join(sys.argv[2:] if sys.argv[1:2] == ["bench"] else sys.argv[1:])
     print(f"Machine: {info['device']}; TensorFlow {info['tensorflow']}, Keras {info['keras']}")
     if args.quality:
-        rows = run_quality(names, epochs=args.epochs)
-        table = quality_table(rows)
-        payload = {"mode": "quality", "machine": info, "command": command, "rows": rows}
-        path = os.path.join(args.output_dir, "quality.json")
-    else:
-        jit = {"auto": "auto", "true": True, "false": False}[args.jit_compile]
-        medians, replays, memory, counts = measure_speed(
-            names, batch_size=args.batch_size, rounds=args.rounds, jit_compile=jit)
-        cpu_memory = {}
-        if not memory and not args.no_memory:
-            print("  measuring peak memory (one child process per configuration)...", flush=True)
-            cpu_memory = measure_cpu_memory(names, args.memory_batch_size, args.steps)
-            memory = {n: v["delta_mib"] for n, v in cpu_memory.items()}
-        table = speed_table(medians, replays, memory)
-        payload = {
-            "mode": "speed", "machine": info, "command": command,
-            "batch_size": args.batch_size, "rounds": args.rounds, "timed_steps": counts,
-            "median_step_seconds": medians, "weight_updates_per_step": replays,
-            "ratio_to_plain": {n: medians[n] / medians["plain"] for n in names},
-            "peak_memory_mib": memory,
-            "memory_kind": "gpu allocator peak" if not cpu_memory else (
-                f"cpu peak RSS above the process baseline (after importing TF and loading "
-                f"data), batch {args.memory_batch_size}"),
-            "cpu_memory_detail": cpu_memory,
-        }
-        path = os.path.join(args.output_dir, "speed.json")
+        return _run_frontier(args, info, command)
+    configs = args.configs or list(CONFIGS)
+    unknown = [n for n in configs if n not in CONFIGS]
+    if unknown:
+        raise SystemExit(f"keras-bidir bench: {unknown} are --quality configurations; "
+                         f"step-time configurations: {', '.join(CONFIGS)}.")
+    names = ["plain"] + [n for n in configs if n != "plain"]
+    jit = {"auto": "auto", "true": True, "false": False}[args.jit_compile]
+    medians, replays, memory, counts = measure_speed(
+        names, batch_size=args.batch_size, rounds=args.rounds, jit_compile=jit)
+    cpu_memory = {}
+    if not memory and not args.no_memory:
+        print("  measuring peak memory (one child process per configuration)...", flush=True)
+        cpu_memory = measure_cpu_memory(names, args.memory_batch_size, args.steps)
+        memory = {n: v["delta_mib"] for n, v in cpu_memory.items()}
+    payload = {
+        "mode": "speed", "machine": info, "command": command,
+        "batch_size": args.batch_size, "rounds": args.rounds, "timed_steps": counts,
+        "median_step_seconds": medians, "weight_updates_per_step": replays,
+        "ratio_to_plain": {n: medians[n] / medians["plain"] for n in names},
+        "peak_memory_mib": memory,
+        "memory_kind": "gpu allocator peak" if not cpu_memory else (
+            f"cpu peak RSS above the process baseline (after importing TF and loading "
+            f"data), batch {args.memory_batch_size}"),
+        "cpu_memory_detail": cpu_memory,
+    }
     print()
-    print(table)
+    print(speed_table(medians, replays, memory))
+    path = os.path.join(args.output_dir, "speed.json")
     with open(path, "w") as handle:
         json.dump(payload, handle, indent=2)
     print(f"\nJSON: {path}")
     if plot(payload, path[: -len(".json")] + ".png"):
         print(f"Plot: {path[: -len('.json')]}.png")
+    return 0
+
+
+def _run_frontier(args, info, command):
+    """`--quality`: the robustness-versus-training-time frontier on each protocol."""
+    from keras_bidir.apps import frontier
+
+    configs = args.configs or list(frontier.CONFIG_NAMES)
+    unknown = [n for n in configs if n not in frontier.CONFIG_NAMES]
+    if unknown:
+        raise SystemExit(f"keras-bidir bench --quality: {unknown} are step-time configurations; "
+                         f"quality configurations: {', '.join(frontier.CONFIG_NAMES)}.")
+    seeds = None if args.seeds is None else {p: args.seeds for p in args.protocols}
+    results = frontier.run(args.protocols, configs, seeds, args.output_dir)
+    for name, payload in results.items():
+        payload.update(machine=info, command=command)
+        path = os.path.join(args.output_dir, f"frontier_{name}.json")
+        with open(path, "w") as handle:
+            json.dump(payload, handle, indent=2)
+        print(f"\n{frontier.PROTOCOLS[name].description}\n")
+        print(frontier.table(payload["summary"]))
+        print(f"\nJSON: {path}")
+    image = os.path.join(args.output_dir, "frontier.png")
+    if frontier.plot(list(results.values()), image):
+        print(f"Plot: {image}")
     return 0
 
 

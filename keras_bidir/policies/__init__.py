@@ -2,6 +2,7 @@
 
 import keras
 
+from keras_bidir.policies.adaptive import ATAS
 from keras_bidir.policies.apgd import APGD
 from keras_bidir.policies.augment import Augment
 from keras_bidir.policies.augment import WorstOfK
@@ -9,6 +10,7 @@ from keras_bidir.policies.base import InputPolicy
 from keras_bidir.policies.base import PerturbationContext
 from keras_bidir.policies.compose import Compose
 from keras_bidir.policies.compose import RandomChoice
+from keras_bidir.policies.divergence import MART
 from keras_bidir.policies.divergence import TRADES
 from keras_bidir.policies.divergence import VAT
 from keras_bidir.policies.embedding import FreeLB
@@ -19,11 +21,16 @@ from keras_bidir.policies.gradient import NFGSM
 from keras_bidir.policies.gradient import PGD
 from keras_bidir.policies.gradient import RandomFGSM
 from keras_bidir.policies.noise import GaussianNoise
+from keras_bidir.policies.prior import PriorGuidedFGSM
 
 _BY_NAME = {
     "fgsm": FGSM,
     "random_fgsm": RandomFGSM,
     "nfgsm": NFGSM,
+    "prior_guided_fgsm": PriorGuidedFGSM,
+    "fgsm_pgi": PriorGuidedFGSM,
+    "mart": MART,
+    "atas": ATAS,
     "pgd": PGD,
     "apgd": APGD,
     "free": FreeAdversarial,
@@ -74,12 +81,15 @@ __all__ = [
     "FGSM",
     "RandomFGSM",
     "NFGSM",
+    "PriorGuidedFGSM",
+    "ATAS",
     "PGD",
     "APGD",
     "FreeAdversarial",
     "FreeLB",
     "GaussianNoise",
     "TRADES",
+    "MART",
     "VAT",
     "Augment",
     "WorstOfK",

@@ -76,6 +76,12 @@ class PerturbationContext:
         #: Model outputs at the unperturbed sites, when a policy evaluated them
         #: (FGSM's gradient pass): the clean metrics reuse them for free.
         self.clean_outputs = None
+        #: Site values a policy's `regularizer` evaluates the model at
+        #: (PriorGuidedFGSM: its starting point), or None.
+        self.prior_inputs = None
+        #: Each batch example's index into the per-example memory (a `(batch,)`
+        #: integer tensor) when the policy keeps one, else None.
+        self.example_index = None
 
     def clip(self, count):
         """Per-site clipping flags for `count` sites."""
@@ -119,6 +125,11 @@ class PerturbationContext:
         """
         per_example, _ = self._objective(adversarial, repeats)
         return per_example
+
+    def forward(self, adversarial):
+        """Model outputs at `adversarial` (in the attack's mode), with gradients."""
+        _, outputs = self._objective(adversarial)
+        return outputs
 
     def outputs(self, adversarial):
         """Model outputs at `adversarial` (in the attack's mode), without gradients."""
@@ -180,6 +191,9 @@ class InputPolicy(Configured):
     #: Whether the perturbed pass of the weight step must leave BatchNorm's
     #: moving statistics untouched (VAT).
     freeze_statistics = False
+    #: Whether `adversarial_loss` needs the clean outputs even when
+    #: `clean_weight` is 0 (MART weighs its terms by the clean prediction).
+    needs_clean_outputs = False
 
     def __init__(self, clip_min=None, clip_max=None, direction=1, seed=None):
         for name, value in (("clip_min", clip_min), ("clip_max", clip_max)):
@@ -204,6 +218,19 @@ class InputPolicy(Configured):
     # -- protocol -----------------------------------------------------------
     def state_shapes(self, input_shapes):
         """Shapes of the persistent state tensors, one list entry per tensor."""
+        return []
+
+    def example_state_shapes(self, example_shapes):
+        """Shapes (without the example axis) of the per-example memory, one entry per tensor.
+
+        A policy that returns any keeps one row per training example; `generate`
+        then receives these tensors after those of `state_shapes`, and reads and
+        writes the batch's rows at `context.example_index`
+        (`keras_bidir.example_index.gather_rows` / `scatter_rows`).
+
+        Args:
+            example_shapes: one shape per site, without the batch axis.
+        """
         return []
 
     def generate(self, context, inputs, state):
@@ -242,10 +269,27 @@ class InputPolicy(Configured):
         """
         return None
 
+    def regularizer(self, context, adversarial_outputs):
+        """An extra per-example loss added to the adversarial term, or None.
+
+        Args:
+            context: the step's `PerturbationContext`, after `generate`.
+            adversarial_outputs: model outputs on the perturbed inputs (with
+                gradients to the weights).
+        """
+        return None
+
     def attack(self, context, inputs):
         """Perturbed inputs for evaluation: the policy used as an attack."""
         shapes = self.state_shapes([ops.shape(t) for t in inputs])
-        state = [ops.zeros(s, dtype=t.dtype) for s, t in zip(shapes, inputs)]
+        # A fresh memory for this batch alone: one row per example, nothing learnt yet.
+        batch = ops.shape(inputs[0])[0]
+        shapes += [(batch,) + tuple(s) for s in self.example_state_shapes(
+            [tuple(t.shape[1:]) for t in inputs])]
+        # Several state tensors per site come site after site, in rounds.
+        state = [ops.zeros(s, dtype=inputs[i % len(inputs)].dtype) for i, s in enumerate(shapes)]
+        if self.example_state_shapes([()]) and context.example_index is None:
+            context.example_index = ops.arange(batch)
         adversarial, _ = self.generate(context, inputs, state)
         return adversarial
 

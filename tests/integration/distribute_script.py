@@ -41,9 +41,13 @@ def data():
 
 
 def make_policy(name):
-    if name == "pgd":
-        return policies.PGD(0.1, steps=3, clip_min=0.0, clip_max=1.0)
-    return policies.FreeAdversarial(0.1, replays=3, clip_min=0.0, clip_max=1.0)
+    clip = {"clip_min": 0.0, "clip_max": 1.0}
+    return {
+        "pgd": lambda: policies.PGD(0.1, steps=3, **clip),
+        "free": lambda: policies.FreeAdversarial(0.1, replays=3, **clip),
+        "prior": lambda: policies.PriorGuidedFGSM(0.1, momentum=0.3, **clip),
+        "mart": lambda: policies.MART(0.1, steps=2, **clip),
+    }[name]()
 
 
 def make_model(policy_name, initial_weights=None):
@@ -81,7 +85,7 @@ def mirrored():
     initial = make_model("pgd").base_model.get_weights()
     strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
     report = {"replicas": strategy.num_replicas_in_sync}
-    for name in ("pgd", "free"):
+    for name in ("pgd", "free", "prior", "mart"):
         w1, h1, s1 = train(name, tf.distribute.get_strategy(), initial, x, y)
         w2, h2, s2 = train(name, strategy, initial, x, y)
         report[name] = {

@@ -31,7 +31,7 @@ def mirrored_report(tmp_path_factory):
     return json.loads(output.read_text())
 
 
-@pytest.mark.parametrize("policy", ["pgd", "free"])
+@pytest.mark.parametrize("policy", ["pgd", "free", "prior", "mart"])
 def test_mirrored_strategy_matches_single_device(mirrored_report, policy):
     assert mirrored_report["replicas"] == 2
     report = mirrored_report[policy]
@@ -53,6 +53,13 @@ def test_free_adversarial_state_is_kept_per_replica(mirrored_report):
     # after each step: exactly the perturbation single-device training keeps.
     assert report["state_shapes"] == [[32, 64]]
     assert report["state_max_abs_diff"] == 0.0
+
+
+def test_prior_guided_fgsm_state_is_kept_per_replica(mirrored_report):
+    report = mirrored_report["prior"]
+    # The carried perturbation and the carried momentum direction, one block per replica.
+    assert report["state_shapes"] == [[32, 64], [32, 64]]
+    assert report["state_max_abs_diff"] < WEIGHT_TOLERANCE
 
 
 def _free_ports(count):

@@ -22,7 +22,8 @@ def test_every_object_loads_under_safe_mode(tmp_path, small_batch):
     for policy in [policies.FGSM(0.1), policies.RandomFGSM(0.1), policies.NFGSM(0.1),
                    policies.PGD(0.1, steps=2),
                    policies.FreeAdversarial(0.1, replays=2), policies.GaussianNoise(0.1),
-                   policies.APGD(0.1, steps=3), policies.FreeLB(0.1, steps=2)]:
+                   policies.APGD(0.1, steps=3), policies.FreeLB(0.1, steps=2),
+                   policies.PriorGuidedFGSM(0.1, momentum=0.3), policies.MART(0.1, steps=2)]:
         model = compile_classifier(kb.BidirectionalModel(tiny_cnn(), policy))
         model.fit(x, y, batch_size=32, epochs=1, verbose=0)
         path = tmp_path / f"{type(policy).__name__}.keras"

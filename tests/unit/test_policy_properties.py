@@ -25,6 +25,8 @@ def make_policy(kind, epsilon, norm):
         "noise": lambda: policies.GaussianNoise(epsilon, epsilon=epsilon, **clip),
         "trades": lambda: policies.TRADES(epsilon, steps=2, norm=norm, **clip),
         "vat": lambda: policies.VAT(epsilon, xi=1e-3, **clip),
+        "prior_fgsm": lambda: policies.PriorGuidedFGSM(epsilon, momentum=0.3, norm=norm, **clip),
+        "mart": lambda: policies.MART(epsilon, steps=2, norm=norm, **clip),
         "compose": lambda: policies.Compose([policies.FGSM(epsilon / 2, norm=norm, **clip),
                                              policies.PGD(epsilon / 2, steps=2, norm=norm, **clip)]),
         "random_choice": lambda: policies.RandomChoice(
@@ -34,7 +36,7 @@ def make_policy(kind, epsilon, norm):
 
 # Compose's two halves each move at most ε/2 from their own start, so the total stays in ε.
 KINDS = ["fgsm", "random_fgsm", "nfgsm", "pgd", "free", "apgd", "freelb", "noise", "trades", "vat",
-         "compose", "random_choice"]
+         "compose", "random_choice", "prior_fgsm", "mart"]
 
 
 def quadratic_context(inputs, seed):

@@ -109,7 +109,7 @@ def test_policy_serialization_round_trip(policy):
     (lambda: policies.FGSM(0.1, clip_min=0.5, clip_max=0.5), "must be smaller than clip_max"),
     (lambda: policies.FGSM(0.1, norm="l1"), "Unsupported norm"),
     (lambda: policies.FGSM(0.1, direction=0), "direction must be"),
-    (lambda: policies.get("pgdd"), "Unknown policy 'pgdd'. Known policies: apgd, fgsm"),
+    (lambda: policies.get("pgdd"), "Unknown policy 'pgdd'. Known policies: apgd, atas, fgsm"),
 ])
 def test_bad_configuration_is_a_clear_error(make, message):
     with pytest.raises(ValueError, match=message):

