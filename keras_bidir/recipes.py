@@ -14,7 +14,8 @@ Example:
 >>> model.compile(optimizer=recipe.optimizer(steps_per_epoch=len(x) // 128),
 ...               loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
 ...               metrics=["accuracy"])
->>> model.fit(x, y, batch_size=128, epochs=recipe.epochs)
+>>> model.fit(x, y, batch_size=128, epochs=recipe.epochs,
+...           callbacks=recipe.callbacks(steps_per_epoch=len(x) // 128))
 """
 
 import dataclasses
@@ -22,6 +23,7 @@ import dataclasses
 import keras
 
 from keras_bidir import policies as policies_lib
+from keras_bidir.callbacks import EpsilonSchedule
 from keras_bidir import weight_policies as weight_policies_lib
 from keras_bidir.policies.base import check_count
 from keras_bidir.policies.base import check_positive
@@ -38,6 +40,8 @@ class FrontierPoint:
         policy: `(epsilon, norm, clip_min, clip_max) -> InputPolicy`.
         epochs_factor: epochs relative to the plain run's epochs.
         peak_learning_rate: the one-cycle peak (Adam).
+        epsilon_ramp: the fraction of the weight updates over which ε rises
+            from 0 (`callbacks.EpsilonSchedule`, per step).
         weight_policy: `() -> WeightPolicy` or None.
         measured: the figures behind the choice (docs/benchmarks.md).
     """
@@ -47,25 +51,23 @@ class FrontierPoint:
     policy: object
     epochs_factor: float
     peak_learning_rate: float
+    epsilon_ramp: float = 0.0
     weight_policy: object = None
     measured: str = ""
 
 
-def _nfgsm(epsilon, norm, clip_min, clip_max):
-    if norm != "linf":
-        return policies_lib.RandomFGSM(epsilon, norm=norm, clip_min=clip_min, clip_max=clip_max)
-    return policies_lib.NFGSM(epsilon, clip_min=clip_min, clip_max=clip_max)
+def _free8(epsilon, norm, clip_min, clip_max):
+    return policies_lib.FreeAdversarial(epsilon, replays=8, norm=norm, clip_min=clip_min,
+                                        clip_max=clip_max)
 
 
-def _pgd3(epsilon, norm, clip_min, clip_max):
-    return policies_lib.PGD(epsilon, steps=3, norm=norm, clip_min=clip_min, clip_max=clip_max)
-
-
-#: The measured frontier, cheapest first (digits protocol, 3 seeds; see docs/benchmarks.md).
+#: The measured frontier, cheapest first (see docs/benchmarks.md for every figure).
 FRONTIER = (
-    FrontierPoint("recipe_fast", 1.5, _nfgsm, 0.8, 3e-3,
+    FrontierPoint("recipe_fast", 1.5, _free8, 1 / 6, 4e-3, epsilon_ramp=0.05,
                   measured="to be measured"),
-    FrontierPoint("recipe_strong", 3.0, _pgd3, 1.3, 3e-3,
+    FrontierPoint("recipe_balanced", 2.0, _free8, 8 / 30, 4e-3, epsilon_ramp=0.05,
+                  measured="to be measured"),
+    FrontierPoint("recipe_strong", 3.0, _free8, 1 / 3, 4e-3, epsilon_ramp=0.05,
                   measured="to be measured"),
 )
 
@@ -80,6 +82,7 @@ class Recipe:
         weight_policy: the weight policy, or None.
         epochs: the number of epochs to train.
         peak_learning_rate: the peak of the one-cycle schedule (Adam).
+        epsilon_ramp: the fraction of training over which ε rises from 0.
         expected_cost: training time / plain `fit`, as measured.
         measured: the figures behind the choice.
     """
@@ -89,6 +92,7 @@ class Recipe:
     weight_policy: object
     epochs: int
     peak_learning_rate: float
+    epsilon_ramp: float
     expected_cost: float
     measured: str
 
@@ -116,6 +120,16 @@ class Recipe:
     def optimizer(self, steps_per_epoch):
         """Adam with `learning_rate(steps_per_epoch)`."""
         return keras.optimizers.Adam(self.learning_rate(steps_per_epoch))
+
+    def callbacks(self, steps_per_epoch):
+        """The recipe's callbacks for `fit`: the ε warm-up, when it has one.
+
+        Args:
+            steps_per_epoch: batches per epoch (`ceil(len(x) / batch_size)`).
+        """
+        steps_per_epoch = check_count("steps_per_epoch", steps_per_epoch)
+        ramp = round(self.epsilon_ramp * steps_per_epoch * self.epochs)
+        return [EpsilonSchedule(ramp=ramp, unit="step")] if ramp else []
 
 
 def for_budget(epsilon, budget, epochs=30, norm="linf", clip_min=None, clip_max=None):
@@ -148,6 +162,7 @@ def for_budget(epsilon, budget, epochs=30, norm="linf", clip_min=None, clip_max=
             point.weight_policy()),
         epochs=max(1, round(epochs * point.epochs_factor)),
         peak_learning_rate=point.peak_learning_rate,
+        epsilon_ramp=point.epsilon_ramp,
         expected_cost=point.cost,
         measured=point.measured,
     )

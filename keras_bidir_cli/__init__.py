@@ -24,9 +24,10 @@ BENCH_CONFIGS = (
 )
 #: `keras-bidir bench --quality` configurations (keras_bidir.apps.frontier.CONFIG_NAMES).
 QUALITY_CONFIGS = (
-    "plain", "fgsm", "random_fgsm", "nfgsm", "prior_fgsm", "free4", "pgd3", "pgd7", "trades7",
-    "mart7", "nfgsm_cyclic", "prior_fgsm_cyclic", "free4_cyclic", "pgd3_cyclic",
-    "pgd3_awp_cyclic", "trades3_cyclic", "recipe_fast", "recipe_strong",
+    "plain", "fgsm", "random_fgsm", "nfgsm", "free4", "pgd3", "pgd7", "trades7", "mart7",
+    "nfgsm_cyclic", "prior_fgsm_cyclic", "prior_fgsm_example_cyclic", "atas_cyclic",
+    "free4_cyclic", "pgd3_cyclic", "pgd3_awp_cyclic", "trades3_cyclic", "recipe_fast",
+    "recipe_balanced", "recipe_strong",
 )
 QUALITY_PROTOCOLS = ("digits", "mnist_5k")
 

@@ -97,4 +97,6 @@ def training_policies():
         _policies.FreeLB(0.1, steps=2, norm="linf"),
         _policies.PriorGuidedFGSM(0.1, momentum=0.3, **CLIP),
         _policies.MART(0.1, steps=2, **CLIP),
+        _policies.PriorGuidedFGSM(0.1, prior="example", **CLIP),
+        _policies.ATAS(0.1, **CLIP),
     ]

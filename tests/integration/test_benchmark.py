@@ -1,5 +1,6 @@
 import json
 
+import numpy as np
 import pytest
 
 from keras_bidir.apps import benchmark, cli
@@ -30,16 +31,53 @@ def test_cpu_memory_child_reports_a_footprint():
     assert result["plain"]["delta_mib"] > 0
 
 
-def test_plots_are_drawn_from_the_bench_json(tmp_path):
-    from keras_bidir.apps import benchmark
-
+def test_speed_plot_is_drawn_from_the_bench_json(tmp_path):
     speed = {"mode": "speed", "machine": {"device": "CPU"},
              "ratio_to_plain": {"plain": 1.0, "free4": 4.0},
              "weight_updates_per_step": {"plain": 1, "free4": 4}}
-    quality = {"mode": "quality", "rows": {
-        "plain": {"train_seconds": 10.0, "clean_accuracy": 0.99, "worst_case_accuracy": 0.01},
-        "pgd7": {"train_seconds": 40.0, "clean_accuracy": 0.98, "worst_case_accuracy": 0.6}}}
-    for name, payload in (("speed", speed), ("quality", quality)):
-        path = tmp_path / f"{name}.png"
-        assert benchmark.plot(payload, str(path))
-        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    path = tmp_path / "speed.png"
+    assert benchmark.plot(speed, str(path))
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _row(name, seed, seconds, worst, clean=0.98):
+    return {"name": name, "seed": seed, "epochs": 30, "train_seconds": seconds,
+            "clean_accuracy": clean, "pgd20x2_accuracy": worst + 0.02,
+            "worst_case_accuracy": worst, "overfitting_events": int(name == "fgsm")}
+
+
+def test_frontier_summary_ratios_per_seed_and_marks_the_undominated(tmp_path):
+    from keras_bidir.apps import frontier
+
+    rows = [_row("plain", 0, 10.0, 0.0), _row("plain", 1, 20.0, 0.02),
+            _row("fgsm", 0, 15.0, 0.50), _row("fgsm", 1, 30.0, 0.54),      # 1.5x, 52 %
+            _row("free8", 0, 12.0, 0.66), _row("free8", 1, 24.0, 0.68),    # 1.2x, 67 %
+            _row("pgd7", 0, 40.0, 0.62), _row("pgd7", 1, 80.0, 0.64),      # 4.0x, 63 %
+            _row("strong", 0, 25.0, 0.70), _row("strong", 1, 50.0, 0.72)]  # 2.5x, 71 %
+    summary = frontier.summarize(rows)
+    assert summary["fgsm"]["cost"] == pytest.approx(1.5) and summary["fgsm"]["cost_std"] == 0
+    assert summary["free8"]["worst_case_accuracy"] == pytest.approx(0.67)
+    assert summary["free8"]["worst_case_accuracy_std"] == pytest.approx(np.std([0.66, 0.68], ddof=1))
+    assert summary["fgsm"]["overfitting_events"] == 2
+    assert {n for n, e in summary.items() if e["frontier"]} == {"plain", "free8", "strong"}
+    table = frontier.table(summary)
+    assert "| **free8** | 30 | 98.0% ± 0.0% | 69.0% ± 1.4% | 67.0% ± 1.4% | 1.20 ± 0.00 | 0 | 2 |" in table
+    path = tmp_path / "frontier.png"
+    assert frontier.plot([{"summary": summary, "protocol": {"name": "digits", "epsilon": 0.2}}],
+                         str(path))
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_frontier_run_trains_times_and_evaluates_a_recipe():
+    import dataclasses
+
+    from keras_bidir.apps import frontier
+
+    protocol = dataclasses.replace(frontier.PROTOCOLS["digits"], epochs=6)  # 1 epoch of free-8
+    (x, y), (x_test, y_test) = protocol.load()
+    data = ((x[:512], y[:512]), (x_test[:64], y_test[:64]))
+    row = frontier.train_and_evaluate(protocol, "recipe_fast", frontier._configs()["recipe_fast"],
+                                      0, data)
+    assert row["epochs"] == 1 and row["train_seconds"] > 0
+    assert 0.0 <= row["worst_case_accuracy"] <= row["pgd20x2_accuracy"] <= row["clean_accuracy"]
+    assert row["overfitting_events"] == 0

@@ -62,6 +62,11 @@ def test_prior_guided_fgsm_state_is_kept_per_replica(mirrored_report):
     assert report["state_max_abs_diff"] < WEIGHT_TOLERANCE
 
 
+def test_per_example_memory_refuses_to_run_under_a_strategy(mirrored_report):
+    message = mirrored_report["per_example_memory_error"]
+    assert message and "memory per training example" in message and "one device" in message
+
+
 def _free_ports(count):
     sockets = [socket.socket() for _ in range(count)]
     for s in sockets:

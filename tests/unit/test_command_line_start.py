@@ -33,11 +33,13 @@ def test_help_answers_without_importing_tensorflow():
 
 def test_parser_choices_match_the_library():
     import keras_bidir_cli
-    from keras_bidir.apps import benchmark
+    from keras_bidir.apps import benchmark, frontier
     from keras_bidir import policies
 
     assert keras_bidir_cli.POLICY_NAMES == tuple(policies.names())
     assert keras_bidir_cli.BENCH_CONFIGS == tuple(benchmark.CONFIGS)
+    assert keras_bidir_cli.QUALITY_CONFIGS == frontier.CONFIG_NAMES == tuple(frontier._configs())
+    assert keras_bidir_cli.QUALITY_PROTOCOLS == tuple(frontier.PROTOCOLS)
 
 
 def test_tensorflow_start_up_log_is_hidden_unless_verbose():
