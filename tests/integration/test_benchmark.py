@@ -68,6 +68,16 @@ def test_frontier_summary_ratios_per_seed_and_marks_the_undominated(tmp_path):
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_a_collapse_counts_once_until_robustness_recovers():
+    from keras_bidir.apps.frontier import collapse_events
+
+    assert collapse_events([0.1, 0.4, 0.5, 0.52]) == 0
+    assert collapse_events([0.1, 0.5, 0.45, 0.32]) == 0    # −18 points: not a collapse
+    assert collapse_events([0.1, 0.5, 0.05, 0.02, 0.4, 0.0]) == 2
+    assert collapse_events([0.6, 0.35]) == 0          # −25 points, but above half the best
+    assert collapse_events([0.6, 0.25]) == 1
+
+
 def test_frontier_run_trains_times_and_evaluates_a_recipe():
     import dataclasses
 
