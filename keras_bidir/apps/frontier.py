@@ -186,58 +186,66 @@ def collapse_events(accuracies):
     return events
 
 
-def train_and_evaluate(protocol, name, config, seed, data):
-    """One run: `fit` timed, then the protocol's evaluation. Returns a row dict."""
+def _compiled(protocol, config, seed, batches):
+    """`(model, callbacks, epochs)` of one configuration, compiled; `batches` per epoch."""
     import keras
 
-    from keras_bidir import policies
     from keras_bidir.callbacks import EpsilonSchedule
-    from keras_bidir.evaluation import evaluate_robustness
     from keras_bidir.model import BidirectionalModel
     from keras_bidir.schedules import OneCycle
 
-    (x_train, y_train), (x_test, y_test) = data
-    epsilon = protocol.epsilon
-    base = protocol.model(seed)
-    policy = None if config.policy is None else config.policy(epsilon)
-    if policy is None:
-        model = base
-    else:
+    model = protocol.model(seed)
+    policy = None if config.policy is None else config.policy(protocol.epsilon)
+    if policy is not None:
         weight_policy = None if config.weight_policy is None else config.weight_policy()
-        model = BidirectionalModel(base, policy, seed=seed, weight_policy=weight_policy)
+        model = BidirectionalModel(model, policy, seed=seed, weight_policy=weight_policy)
     epochs = max(1, round(protocol.epochs * config.epochs_factor))
-    steps = -(-len(x_train) // protocol.batch_size) * epochs * (policy.replays if policy else 1)
+    updates = batches * epochs * (policy.replays if policy else 1)
     rate = protocol.learning_rate if config.peak_learning_rate is None else OneCycle(
-        config.peak_learning_rate, steps)
+        config.peak_learning_rate, updates)
     model.compile(optimizer=keras.optimizers.Adam(rate),
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                   metrics=["accuracy"])
-    snapshots = _weight_snapshots()
-    callbacks = [snapshots]
+    callbacks = []
     ramp = protocol.epsilon_ramp if config.epsilon_ramp is None else config.epsilon_ramp
-    ramp_steps = round(ramp * steps / (policy.replays if policy else 1))
-    if policy is not None and ramp_steps:
-        callbacks.append(EpsilonSchedule(ramp=ramp_steps, unit="step"))
-    start = time.perf_counter()
-    model.fit(x_train, y_train, batch_size=protocol.batch_size, epochs=epochs, verbose=0,
-              callbacks=callbacks)
-    seconds = time.perf_counter() - start - snapshots.seconds
-    clip = {"clip_min": 0.0, "clip_max": 1.0}
+    if policy is not None and round(ramp * batches * epochs):
+        callbacks.append(EpsilonSchedule(ramp=round(ramp * batches * epochs), unit="step"))
+    return model, callbacks, epochs
+
+
+def _robustness(model, protocol, x, y, seed):
+    """`(clean, PGD-20x2, worst case)` accuracies at the protocol's ε."""
+    from keras_bidir import policies
+    from keras_bidir.evaluation import evaluate_robustness
+
+    epsilon, clip = protocol.epsilon, {"clip_min": 0.0, "clip_max": 1.0}
     attacks = {
         "PGD-20x2": policies.PGD(epsilon, steps=20, restarts=2, **clip),
         "APGD-CE": policies.APGD(epsilon, steps=100, **clip),
         "APGD-DLR": policies.APGD(epsilon, steps=100, loss="dlr", **clip),
     }
-    report = evaluate_robustness(model, (x_test, y_test), [epsilon], attacks=attacks,
-                                 checks=False, seed=seed, verbose=0)
-    return {
-        "name": name, "seed": seed, "epochs": epochs, "train_seconds": seconds,
-        "clean_accuracy": report.clean_accuracy,
-        "pgd20x2_accuracy": report.accuracy["PGD-20x2"][epsilon],
-        "worst_case_accuracy": report.robust_accuracy[epsilon],
-        "overfitting_events": count_overfitting_events(
-            protocol, seed, snapshots.weights, x_train[:256], y_train[:256]),
-    }
+    report = evaluate_robustness(model, (x, y), [epsilon], attacks=attacks, checks=False,
+                                 seed=seed, verbose=0)
+    return (report.clean_accuracy, report.accuracy["PGD-20x2"][epsilon],
+            report.robust_accuracy[epsilon])
+
+
+def train_and_evaluate(protocol, name, config, seed, data):
+    """One run: `fit` timed, then the protocol's evaluation. Returns a row dict."""
+    (x_train, y_train), (x_test, y_test) = data
+    batches = -(-len(x_train) // protocol.batch_size)
+    model, callbacks, epochs = _compiled(protocol, config, seed, batches)
+    snapshots = _weight_snapshots()
+    start = time.perf_counter()
+    model.fit(x_train, y_train, batch_size=protocol.batch_size, epochs=epochs, verbose=0,
+              callbacks=[snapshots] + callbacks)
+    seconds = time.perf_counter() - start - snapshots.seconds
+    clean, pgd, worst = _robustness(model, protocol, x_test, y_test, seed)
+    events = count_overfitting_events(protocol, seed, snapshots.weights, x_train[:256],
+                                      y_train[:256])
+    return {"name": name, "seed": seed, "epochs": epochs, "train_seconds": seconds,
+            "clean_accuracy": clean, "pgd20x2_accuracy": pgd, "worst_case_accuracy": worst,
+            "overfitting_events": events}
 
 
 def _warm_up(protocol, data):
@@ -304,7 +312,8 @@ def _mean_std(values):
 
 
 def summarize(rows):
-    """Per configuration: mean ± std of accuracies and of time / plain (same seed)."""
+    """Per configuration: accuracies as mean ± std over seeds; time / plain (same seed) as the
+    median over seeds and its range (a shared machine's speed drifts between runs)."""
     plain = {r["seed"]: r["train_seconds"] for r in rows if r["name"] == "plain"}
     summary = {}
     for name in dict.fromkeys(r["name"] for r in rows):
@@ -312,11 +321,13 @@ def summarize(rows):
         if not runs:
             continue
         entry = {"seeds": len(runs), "epochs": runs[0]["epochs"],
-                 "overfitting_events": sum(r["overfitting_events"] for r in runs)}
+                 "overfitting_events": None if name == "plain" else sum(
+                     r["overfitting_events"] for r in runs)}
         for key in ("clean_accuracy", "pgd20x2_accuracy", "worst_case_accuracy", "train_seconds"):
             entry[key], entry[key + "_std"] = _mean_std([r[key] for r in runs])
-        entry["cost"], entry["cost_std"] = _mean_std(
-            [r["train_seconds"] / plain[r["seed"]] for r in runs])
+        ratios = [r["train_seconds"] / plain[r["seed"]] for r in runs]
+        entry["cost"] = statistics.median(ratios)
+        entry["cost_min"], entry["cost_max"] = min(ratios), max(ratios)
         summary[name] = entry
     for name, entry in summary.items():
         entry["frontier"] = not any(
@@ -328,15 +339,17 @@ def summarize(rows):
 
 def table(summary):
     """The Markdown table of a summary (frontier points in bold)."""
-    lines = ["| configuration | epochs | clean | PGD-20x2 | worst case | time × plain | "
-             "overfitting events | seeds |", "|---|---|---|---|---|---|---|---|"]
+    lines = ["| configuration | epochs | clean | PGD-20x2 | worst case | time × plain, median "
+             "(range) | overfitting events | seeds |", "|---|---|---|---|---|---|---|---|"]
     for name, e in summary.items():
         label = f"**{name}**" if e["frontier"] else name
+        events = "n/a" if e["overfitting_events"] is None else e["overfitting_events"]
         lines.append(
             f"| {label} | {e['epochs']} | {e['clean_accuracy']:.1%} ± {e['clean_accuracy_std']:.1%} "
             f"| {e['pgd20x2_accuracy']:.1%} ± {e['pgd20x2_accuracy_std']:.1%} "
             f"| {e['worst_case_accuracy']:.1%} ± {e['worst_case_accuracy_std']:.1%} "
-            f"| {e['cost']:.2f} ± {e['cost_std']:.2f} | {e['overfitting_events']} | {e['seeds']} |")
+            f"| {e['cost']:.2f} ({e['cost_min']:.2f}–{e['cost_max']:.2f}) | {events} "
+            f"| {e['seeds']} |")
     return "\n".join(lines)
 
 
@@ -351,7 +364,8 @@ def plot(payloads, path):
     for axis, payload in zip(axes[0], payloads):
         summary = payload["summary"]
         for name, e in summary.items():
-            axis.errorbar(e["cost"], 100 * e["worst_case_accuracy"], xerr=e["cost_std"],
+            xerr = [[e["cost"] - e["cost_min"]], [e["cost_max"] - e["cost"]]]
+            axis.errorbar(e["cost"], 100 * e["worst_case_accuracy"], xerr=xerr,
                           yerr=100 * e["worst_case_accuracy_std"], fmt="o",
                           color="tab:red" if e["frontier"] else "tab:blue", markersize=4)
             axis.annotate(name, (e["cost"], 100 * e["worst_case_accuracy"]), fontsize=7,
@@ -362,7 +376,7 @@ def plot(payloads, path):
                   linewidth=1, label="frontier")
         protocol = payload["protocol"]
         axis.set_title(f"{protocol['name']}: L∞ ε = {protocol['epsilon']}", fontsize=9)
-        axis.set_xlabel("training time / plain fit (same run)")
+        axis.set_xlabel("training time / plain fit (same seed, same process; median)")
         axis.set_ylabel("worst-case robust accuracy (%)")
         axis.grid(alpha=0.3)
         axis.legend(fontsize=8, loc="lower right")

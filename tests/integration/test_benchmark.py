@@ -53,15 +53,19 @@ def test_frontier_summary_ratios_per_seed_and_marks_the_undominated(tmp_path):
             _row("fgsm", 0, 15.0, 0.50), _row("fgsm", 1, 30.0, 0.54),      # 1.5x, 52 %
             _row("free8", 0, 12.0, 0.66), _row("free8", 1, 24.0, 0.68),    # 1.2x, 67 %
             _row("pgd7", 0, 40.0, 0.62), _row("pgd7", 1, 80.0, 0.64),      # 4.0x, 63 %
-            _row("strong", 0, 25.0, 0.70), _row("strong", 1, 50.0, 0.72)]  # 2.5x, 71 %
+            _row("strong", 0, 25.0, 0.70), _row("strong", 1, 50.0, 0.72),  # 2.5x, 71 %
+            _row("plain", 2, 10.0, 0.0), _row("noisy", 0, 10.0, 0.1), _row("noisy", 1, 60.0, 0.1),
+            _row("noisy", 2, 25.0, 0.1)]  # ratios 1.0, 3.0, 2.5: median 2.5
     summary = frontier.summarize(rows)
-    assert summary["fgsm"]["cost"] == pytest.approx(1.5) and summary["fgsm"]["cost_std"] == 0
+    assert summary["fgsm"]["cost"] == pytest.approx(1.5) and summary["fgsm"]["cost_max"] == 1.5
     assert summary["free8"]["worst_case_accuracy"] == pytest.approx(0.67)
     assert summary["free8"]["worst_case_accuracy_std"] == pytest.approx(np.std([0.66, 0.68], ddof=1))
     assert summary["fgsm"]["overfitting_events"] == 2
+    assert summary["plain"]["overfitting_events"] is None  # not adversarially trained
+    assert summary["noisy"]["cost"] == 2.5 and summary["noisy"]["cost_min"] == 1.0
     assert {n for n, e in summary.items() if e["frontier"]} == {"plain", "free8", "strong"}
     table = frontier.table(summary)
-    assert "| **free8** | 30 | 98.0% ± 0.0% | 69.0% ± 1.4% | 67.0% ± 1.4% | 1.20 ± 0.00 | 0 | 2 |" in table
+    assert "| **free8** | 30 | 98.0% ± 0.0% | 69.0% ± 1.4% | 67.0% ± 1.4% | 1.20 (1.20–1.20) | 0 | 2 |" in table
     path = tmp_path / "frontier.png"
     assert frontier.plot([{"summary": summary, "protocol": {"name": "digits", "epsilon": 0.2}}],
                          str(path))

@@ -33,10 +33,10 @@ def test_site_builds_with_warnings_as_errors(tmp_path):
 
 
 def test_getting_started_runs_as_written(tmp_path, capsys):
-    """The page's script, verbatim except for fewer epochs, prints the robustness table."""
+    """The page's script, verbatim except for a shorter recipe, prints the robustness table."""
     (code,) = _python_blocks("getting-started.md")
-    assert "epochs=30" in code
-    code = code.replace("epochs=30", "epochs=3")
+    assert "kb.recipes.fast(epsilon=0.2," in code
+    code = code.replace("kb.recipes.fast(epsilon=0.2,", "kb.recipes.fast(epochs=6, epsilon=0.2,")
     cwd = os.getcwd()
     os.chdir(tmp_path)
     try:

@@ -128,3 +128,13 @@ def test_recipes_pick_the_best_measured_point_within_the_budget():
     assert recipes.for_budget(0.3, 100.0).name == recipes.FRONTIER[-1].name
     with pytest.raises(ValueError, match="No measured recipe trains within 0.5"):
         recipes.for_budget(0.3, 0.5)
+
+
+def test_a_recipe_warms_epsilon_up_over_its_fraction_of_the_steps():
+    recipe = recipes.fast(0.3, clip_min=0.0, clip_max=1.0, epochs=30)
+    (schedule,) = recipe.callbacks(steps_per_epoch=32)
+    assert schedule.unit == "step"
+    assert schedule.ramp == round(recipe.epsilon_ramp * 32 * recipe.epochs) > 0
+    assert schedule.scale_at(0) < 0.2 and schedule.scale_at(schedule.ramp) == 1.0
+    with pytest.raises(ValueError, match="steps_per_epoch"):
+        recipe.callbacks(steps_per_epoch=0)
