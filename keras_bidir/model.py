@@ -679,6 +679,7 @@ class BidirectionalModel(keras.Model):
             clip=sites.clip_flags(),
             masks=masks,
             clean=clean,
+            labels=y,
         )
 
     def perturb(self, x, y=None):

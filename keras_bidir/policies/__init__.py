@@ -4,6 +4,7 @@ import keras
 
 from keras_bidir.policies.adaptive import ATAS
 from keras_bidir.policies.apgd import APGD
+from keras_bidir.policies.apgd import APGDTargeted
 from keras_bidir.policies.augment import Augment
 from keras_bidir.policies.augment import WorstOfK
 from keras_bidir.policies.base import InputPolicy
@@ -22,6 +23,7 @@ from keras_bidir.policies.gradient import PGD
 from keras_bidir.policies.gradient import RandomFGSM
 from keras_bidir.policies.noise import GaussianNoise
 from keras_bidir.policies.prior import PriorGuidedFGSM
+from keras_bidir.policies.square import Square
 
 _BY_NAME = {
     "fgsm": FGSM,
@@ -85,6 +87,8 @@ __all__ = [
     "ATAS",
     "PGD",
     "APGD",
+    "APGDTargeted",
+    "Square",
     "FreeAdversarial",
     "FreeLB",
     "GaussianNoise",

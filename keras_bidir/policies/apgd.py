@@ -74,7 +74,8 @@ class APGD(_BallPolicy):
     def attack_loss(self):
         return losses_lib.dlr_loss if self.loss == "dlr" else None
 
-    def _run(self, context, inputs, epsilon):
+    def _run(self, context, inputs, epsilon, loss_fn=None):
+        """One APGD run; `loss_fn(outputs)` replaces the attack loss when given."""
         steps = self.steps
         marks = checkpoints(steps)
         is_mark = ops.convert_to_tensor([k in marks for k in range(steps + 1)])
@@ -87,7 +88,7 @@ class APGD(_BallPolicy):
         clip = context.clip(len(inputs))
         start = [self._random_start(context, x, epsilon, c) for x, c in zip(inputs, clip)]
         eta = ops.ones((batch,), "float32") * 2.0 * ops.cast(epsilon, "float32")
-        loss0, grads0, _ = context.loss_and_gradients(start)
+        loss0, grads0, _ = context.loss_and_gradients(start, loss_fn)
         loss0 = ops.cast(loss0, "float32") * self.direction
         first = [self._move(x, a, g, eta, epsilon, c) for x, a, g, c in zip(inputs, start, grads0, clip)]
         state = (
@@ -104,7 +105,7 @@ class APGD(_BallPolicy):
 
         def body(k, carry):
             current, prior, best, best_loss, last_loss, eta, wins, mark_loss, halved_last = carry
-            loss, grads, _ = context.loss_and_gradients(list(current))
+            loss, grads, _ = context.loss_and_gradients(list(current), loss_fn)
             loss = ops.cast(loss, "float32") * self.direction
             wins = wins + ops.cast(loss > last_loss, "float32")
             improved = loss > best_loss
@@ -136,7 +137,9 @@ class APGD(_BallPolicy):
 
         state = ops.fori_loop(1, steps, body, state)
         final, _, best, best_loss = state[0], state[1], state[2], state[3]
-        final_loss = ops.cast(context.loss(list(final)), "float32") * self.direction
+        final_loss = (context.loss(list(final)) if loss_fn is None
+                      else loss_fn(context.outputs(list(final))))
+        final_loss = ops.cast(final_loss, "float32") * self.direction
         improved = final_loss > best_loss
         best = [ops.where(_expand(improved, b), f, b) for b, f in zip(best, final)]
         return list(best), ops.maximum(best_loss, final_loss)
@@ -159,3 +162,86 @@ class APGD(_BallPolicy):
     def get_config(self):
         return {"steps": self.steps, "loss": self.loss, "restarts": self.restarts,
                 "rho": self.rho, "momentum": self.momentum, **super().get_config()}
+
+
+def targeted_dlr_loss(y_true, target, logits):
+    """Targeted DLR (Croce and Hein, 2020): −(z_y − z_t) / (z_π1 − (z_π3 + z_π4)/2), per example.
+
+    Ascending it moves the logit of class `target` above the true class's.
+    Needs at least four classes.
+    """
+    logits = ops.cast(logits, "float32")
+    true = ops.sum(logits * losses_lib.one_hot_like(y_true, logits), axis=-1)
+    aimed = ops.sum(logits * losses_lib.one_hot_like(target, logits), axis=-1)
+    ordered = ops.sort(logits, axis=-1)
+    scale = ordered[:, -1] - 0.5 * (ordered[:, -3] + ordered[:, -4]) + 1e-12
+    return -(true - aimed) / scale
+
+
+@keras.saving.register_keras_serializable(package="keras_bidir")
+class APGDTargeted(APGD):
+    """APGD-T: APGD on the targeted DLR loss, once per target class (AutoAttack's version).
+
+    The targets are, per example, the classes with the 2nd, 3rd, ... highest
+    logit at the clean input (`targets` of them; AutoAttack uses 9). Each
+    target gets one APGD run of `steps` iterations from a random start; each
+    example keeps the point with the highest untargeted margin
+    max_{k≠y} z_k − z_y over the runs, so it is misclassified if any run
+    succeeded.
+
+    Reference: Croce and Hein, "Reliable evaluation of adversarial robustness
+    with an ensemble of diverse parameter-free attacks", ICML 2020.
+
+    Args:
+        epsilon: radius of the perturbation ball.
+        steps: iterations per target (AutoAttack uses 100).
+        targets: how many target classes to try (at most classes − 1).
+        norm: `"linf"` or `"l2"`.
+        **kwargs: `clip_min`, `clip_max`, `rho`, `momentum` and `seed`, as for `APGD`.
+
+    Example:
+
+    >>> attack = keras_bidir.policies.APGDTargeted(0.2, targets=9, clip_min=0.0, clip_max=1.0)
+    """
+
+    def __init__(self, epsilon, steps=100, targets=9, norm="linf", **kwargs):
+        if kwargs.pop("restarts", 1) != 1 or kwargs.pop("loss", "dlr") != "dlr":
+            raise ValueError("APGDTargeted runs one targeted-DLR run per target class; "
+                             "use `targets`, not `restarts` or `loss`.")
+        if kwargs.get("direction", 1) != 1:
+            raise ValueError("APGDTargeted ascends its loss; direction must be +1.")
+        super().__init__(epsilon, steps=steps, loss="dlr", norm=norm, **kwargs)
+        self.targets = check_count("targets", targets)
+
+    def attack_loss(self):
+        return losses_lib.margin_loss
+
+    def generate(self, context, inputs, state):
+        epsilon = self.epsilon * context.scale
+        clean = keras.tree.flatten(context.outputs(inputs))
+        if len(clean) != 1 or clean[0].shape[-1] is None or clean[0].shape[-1] < 4:
+            raise ValueError("APGDTargeted needs one output of at least 4 class logits; "
+                             "use APGD(loss='dlr') for fewer classes.")
+        classes = clean[0].shape[-1]
+        ranked = ops.argsort(clean[0], axis=-1)  # ascending
+        y = context.labels
+        best, best_margin = None, None
+        for rank in range(2, min(self.targets, classes - 1) + 2):
+            target = ranked[:, classes - rank]
+            loss_fn = lambda outputs, target=target: targeted_dlr_loss(  # noqa: E731
+                y, target, keras.tree.flatten(outputs)[0])
+            candidate, _ = self._run(context, inputs, epsilon, loss_fn)
+            margin = ops.cast(context.loss(candidate), "float32")
+            if best is None:
+                best, best_margin = candidate, margin
+                continue
+            better = margin > best_margin
+            best = [ops.where(_expand(better, b), c, b) for b, c in zip(best, candidate)]
+            best_margin = ops.maximum(best_margin, margin)
+        return best, state
+
+    def get_config(self):
+        config = super().get_config()
+        for key in ("loss", "restarts", "direction"):
+            config.pop(key)
+        return {"targets": self.targets, **config}

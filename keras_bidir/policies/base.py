@@ -66,8 +66,11 @@ class PerturbationContext:
         masks: per site, a padding mask `(batch, time)` or None.
     """
 
-    def __init__(self, objective, seed, scale=1.0, clip=None, masks=None, clean=None):
+    def __init__(self, objective, seed, scale=1.0, clip=None, masks=None, clean=None,
+                 labels=None):
         self._objective = objective
+        #: The batch's labels (None when the policy runs without them).
+        self.labels = labels
         self.seed = seed
         self.scale = scale
         self._clip = clip
@@ -406,6 +409,7 @@ class InputPolicy(Configured):
             scale,
             clip=sites.clip_flags(),
             masks=masks,
+            labels=y,
         )
         return x, y, sites, clean, masks, context
 
