@@ -63,6 +63,8 @@ def test_frontier_summary_ratios_per_seed_and_marks_the_undominated(tmp_path):
     assert summary["fgsm"]["overfitting_events"] == 2
     assert summary["plain"]["overfitting_events"] is None  # not adversarially trained
     assert summary["noisy"]["cost"] == 2.5 and summary["noisy"]["cost_min"] == 1.0
+    adjacent = dict(_row("late", 0, 30.0, 0.5), plain_seconds=20.0)  # timed next to its plain
+    assert frontier.summarize(rows + [adjacent])["late"]["cost"] == 1.5
     assert {n for n, e in summary.items() if e["frontier"]} == {"plain", "free8", "strong"}
     table = frontier.table(summary)
     assert "| **free8** | 30 | 98.0% ± 0.0% | 69.0% ± 1.4% | 67.0% ± 1.4% | 1.20 (1.20–1.20) | 0 | 2 |" in table
@@ -92,6 +94,6 @@ def test_frontier_run_trains_times_and_evaluates_a_recipe():
     data = ((x[:512], y[:512]), (x_test[:64], y_test[:64]))
     row = frontier.train_and_evaluate(protocol, "recipe_fast", frontier._configs()["recipe_fast"],
                                       0, data)
-    assert row["epochs"] == 1 and row["train_seconds"] > 0
+    assert row["epochs"] == 1 and row["train_seconds"] > 0 and row["plain_seconds"] > 0
     assert 0.0 <= row["worst_case_accuracy"] <= row["pgd20x2_accuracy"] <= row["clean_accuracy"]
     assert row["overfitting_events"] == 0
