@@ -129,7 +129,7 @@ CONFIG_NAMES = (
     "plain", "fgsm", "random_fgsm", "nfgsm", "free4", "pgd3", "pgd7", "trades7", "mart7",
     "nfgsm_cyclic", "prior_fgsm_cyclic", "prior_fgsm_example_cyclic", "atas_cyclic",
     "free4_cyclic", "pgd3_cyclic", "pgd3_awp_cyclic", "trades3_cyclic", "recipe_fast",
-    "recipe_balanced", "recipe_strong",
+    "recipe_strong", "recipe_thorough",
 )
 
 
