@@ -91,7 +91,7 @@ def test_frontier_run_trains_times_and_evaluates_a_recipe():
 
     protocol = dataclasses.replace(frontier.PROTOCOLS["digits"], epochs=6)  # 1 epoch of free-8
     (x, y), (x_test, y_test) = protocol.load()
-    data = ((x[:512], y[:512]), (x_test[:64], y_test[:64]))
+    data = ((x[:256], y[:256]), (x_test[:64], y_test[:64]))
     row = frontier.train_and_evaluate(protocol, "recipe_fast", frontier._configs()["recipe_fast"],
                                       0, data)
     assert row["epochs"] == 1 and row["train_seconds"] > 0 and row["plain_seconds"] > 0

@@ -42,9 +42,13 @@ def test_mirrored_strategy_matches_single_device(mirrored_report, policy):
         assert diffs[key] < LOSS_TOLERANCE, (key, diffs[key])
     # Per-replica metrics are aggregated over the global batch: accuracies, the
     # perturbation norm and the callbacks' robust accuracy (every epoch) are identical.
-    for key in ("accuracy", "adv_accuracy", "perturbation_norm", "val_robust_accuracy",
-                "epsilon_scale", "nonfinite_batches"):
+    for key in ("accuracy", "adv_accuracy", "val_robust_accuracy", "epsilon_scale",
+                "nonfinite_batches"):
         assert diffs[key] == 0.0, (key, diffs[key])
+    # PGD, free training and prior-guided FGSM end on the ε-box's corners, so their mean
+    # perturbation norm is exactly ε on both; MART's is not, and the replicas' means are summed
+    # in another order than one device's (measured: 3.7e-9).
+    assert diffs["perturbation_norm"] <= 1e-7, diffs["perturbation_norm"]
 
 
 def test_free_adversarial_state_is_kept_per_replica(mirrored_report):

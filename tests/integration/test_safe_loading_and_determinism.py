@@ -86,11 +86,14 @@ def test_two_seeded_runs_give_identical_weights(digits):
         "m.fit(x[:512], y[:512], batch_size=64, epochs=2, verbose=0)\n"
         "np.save(sys.argv[1], np.concatenate([w.numpy().ravel() for w in m.weights]))\n"
     )
-    outputs = []
-    for run in range(2):
-        path = f"/tmp/kb_determinism_{os.getpid()}_{run}.npy"
-        subprocess.run([sys.executable, "-c", script, path], check=True, capture_output=True,
-                       env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
-        outputs.append(np.load(path))
+    paths = [f"/tmp/kb_determinism_{os.getpid()}_{run}.npy" for run in range(2)]
+    runs = [subprocess.Popen([sys.executable, "-c", script, path], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+            for path in paths]  # two independent processes, side by side
+    for run in runs:
+        _, err = run.communicate(timeout=300)
+        assert run.returncode == 0, err.decode()[-2000:]
+    outputs = [np.load(path) for path in paths]
+    for path in paths:
         os.remove(path)
     np.testing.assert_array_equal(outputs[0], outputs[1])
