@@ -407,7 +407,10 @@ def evaluate_robustness(
     - `large_epsilon` (classifiers): at an ε covering the whole data range
       (or 10× the largest ε when the range is open) accuracy must fall
       towards 0;
-    - `input_gradients`: input gradients must be finite and mostly non-zero.
+    - `input_gradients`: input gradients must be finite and mostly non-zero;
+    - `gradient_free` (classifiers, when `attacks` holds a gradient-free attack
+      such as `policies.Square` beside gradient ones): its robust accuracy
+      must not be more than 2 points below the gradient attacks' worst case.
 
     Args:
         model: a `BidirectionalModel`, its base model or any Keras model.
@@ -464,24 +467,50 @@ def evaluate_robustness(
 
     clean = run(None)
     by_attack = {name: {} for name in attacks}
-    worst_case = {}
+    worst_case, gradient_worst = {}, {}
     for eps in epsilons:
-        worst = clean.copy()
+        worst, with_gradients = clean.copy(), clean.copy()
         for name, attack in attacks.items():
             scores = run(attack, eps)
             by_attack[name][eps] = judge.summary(scores)
             worst = judge.worst(worst, scores)
+            if getattr(attack, "uses_gradients", True):
+                with_gradients = judge.worst(with_gradients, scores)
         worst_case[eps] = judge.summary(worst)
+        gradient_worst[eps] = judge.summary(with_gradients)
     results = []
     if checks:
         common = {"norm": norm, "clip_min": clip_min, "clip_max": clip_max}
         results = _masking_checks(model, x, y, judge, run, epsilons, by_attack, common, batch_size,
                                   max(0.01, 2.0 / _num_examples(y)))
+        gradient_free = [n for n, a in attacks.items() if not getattr(a, "uses_gradients", True)]
+        if gradient_free and len(gradient_free) < len(attacks) and judge.kind.is_classification:
+            results.append(_gradient_free_check(epsilons, by_attack, gradient_free, gradient_worst))
         for check in results:
             if not check.passed:
                 warnings.warn(f"Gradient-masking check '{check.name}' failed: {check.message}", stacklevel=2)
     return RobustnessReport(judge.summary(clean), epsilons, by_attack, worst_case, results,
                             _num_examples(y), norm, measure=judge.measure, output=output)
+
+
+def _gradient_free_check(epsilons, by_attack, names, gradient_worst, margin=0.02):
+    """Fails where a gradient-free attack beats the gradient attacks' worst case by > `margin`."""
+    bad = {}
+    for e in epsilons:
+        free = min(by_attack[n][e] for n in names)
+        if free < gradient_worst[e] - margin:
+            bad[e] = (free, gradient_worst[e])
+    text = ", ".join(f"ε={e:g}: {f:.1%} against {g:.1%}" for e, (f, g) in sorted(bad.items()))
+    return Check(
+        "gradient_free", not bad,
+        f"the gradient-free attacks ({', '.join(names)}) are never more than {margin:.0%} below "
+        "the gradient attacks' worst case" if not bad else
+        f"the gradient-free attacks ({', '.join(names)}) are more than {margin:.0%} below the "
+        "gradient attacks' worst case "
+        f"({text}): the gradients mislead the attacks (gradient masking), so the gradient-based "
+        "figures overstate robustness.",
+        {str(e): v for e, v in bad.items()},
+    )
 
 
 def _masking_checks(model, x, y, judge, run, epsilons, by_attack, common, batch_size, tolerance):

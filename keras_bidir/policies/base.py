@@ -194,6 +194,9 @@ class InputPolicy(Configured):
     #: Whether the perturbed pass of the weight step must leave BatchNorm's
     #: moving statistics untouched (VAT).
     freeze_statistics = False
+    #: Whether the policy reads input gradients (False: Square, noise), for the
+    #: gradient-free check of `evaluate_robustness`.
+    uses_gradients = True
     #: Whether `adversarial_loss` needs the clean outputs even when
     #: `clean_weight` is 0 (MART weighs its terms by the clean prediction).
     needs_clean_outputs = False

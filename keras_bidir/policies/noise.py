@@ -26,6 +26,7 @@ class GaussianNoise(InputPolicy):
     >>> policy = keras_bidir.policies.GaussianNoise(stddev=0.1, clip_min=0.0, clip_max=1.0)
     """
 
+    uses_gradients = False
     requires_labels = False
 
     def __init__(self, stddev, epsilon=None, **kwargs):

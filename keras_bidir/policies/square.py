@@ -64,6 +64,7 @@ class Square(_BallPolicy):
     """
 
     requires_labels = True
+    uses_gradients = False
 
     def __init__(self, epsilon, queries=5000, p_init=0.8, norm="linf", **kwargs):
         if kwargs.get("direction", 1) != 1:

@@ -114,3 +114,19 @@ def test_evaluation_compiles_each_attack_once(trained_plain, digits, caplog):
         kb.evaluate_robustness(trained_plain, (x_test[:300], y_test[:300]), [0.1, 0.2, 0.3],
                                batch_size=128, verbose=0, clip_min=0.0, clip_max=1.0)
     assert not [r for r in caplog.records if "retracing" in r.getMessage()]
+
+
+def test_gradient_free_check_flags_masking_that_square_sees_through(trained_plain, digits):
+    _, (x, y) = digits
+    attacks = {**kb.evaluation.default_attacks(0.1, **CLIP),
+               "Square-300": policies.Square(0.1, queries=300, **CLIP)}
+    honest = kb.evaluate_robustness(trained_plain, (x[:100], y[:100]), [0.1], attacks=attacks,
+                                    verbose=0)
+    check = next(c for c in honest.checks if c.name == "gradient_free")
+    assert check.passed, check.message
+    with pytest.warns(UserWarning, match="'gradient_free' failed"):
+        masked = kb.evaluate_robustness(masked_copy(trained_plain), (x[:100], y[:100]), [0.1],
+                                        attacks=attacks, verbose=0)
+    check = next(c for c in masked.checks if c.name == "gradient_free")
+    square, gradient = check.details["0.1"]
+    assert not check.passed and square < gradient - 0.02 and "Square-300" in check.message
