@@ -9,6 +9,12 @@ import_quietly()  # TensorFlow's native start-up log would interleave with pytes
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+from hypothesis import settings  # noqa: E402
+
+# CI gates a submission on the same property cases every time (`.ci/run` sets the profile);
+# local runs draw new cases each time and so keep exploring.
+settings.register_profile("ci", derandomize=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 from keras_bidir import datasets  # noqa: E402
 
