@@ -77,9 +77,7 @@ class ATAS(_BallPolicy):
         count = len(inputs)
         clip = context.clip(count)
         carried = memory.ExampleMemory(state, context.example_index)
-        starts = [self._project(x, x + memory.remembered_or_random(self, context, carried, i, x, epsilon),
-                                epsilon, c)
-                  for i, (x, c) in enumerate(zip(inputs, clip))]
+        starts = memory.starting_points(self, context, carried, inputs, epsilon)
         _, gradients, _ = context.loss_and_gradients(starts)
         squared = sum(ops.square(constraints.per_example_norm(ops.cast(g, "float32"), "l2"))
                       for g in gradients)

@@ -41,8 +41,7 @@ class ExampleMemory:
         return self.read(len(self.tensors) - 1) > 0
 
     def mark_seen(self):
-        flags = self.read(len(self.tensors) - 1)
-        self.write(len(self.tensors) - 1, ops.ones_like(flags))
+        self.write(len(self.tensors) - 1, ops.ones((ops.shape(self.index)[0],)))
 
 
 def remembered_or_random(policy, context, memory, position, x, epsilon):
@@ -53,6 +52,13 @@ def remembered_or_random(policy, context, memory, position, x, epsilon):
     fresh = constraints.random_in_ball(ops.shape(x), epsilon, policy.norm, x.dtype, context.seed)
     seen = ops.reshape(memory.seen(), (-1,) + (1,) * (len(x.shape) - 1))
     return ops.where(seen, ops.cast(remembered, x.dtype), fresh)
+
+
+def starting_points(policy, context, memory, inputs, epsilon):
+    """Each site's clean value plus its remembered perturbation, back in the ball and range."""
+    return [policy._project(x, x + remembered_or_random(policy, context, memory, i, x, epsilon),
+                            epsilon, clip)
+            for i, (x, clip) in enumerate(zip(inputs, context.clip(len(inputs))))]
 
 
 def check_num_examples(num_examples):

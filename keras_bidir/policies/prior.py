@@ -110,9 +110,7 @@ class PriorGuidedFGSM(_BallPolicy):
         clip = context.clip(count)
         carried = (memory.BatchMemory(state) if self.prior == "batch"
                    else memory.ExampleMemory(state, context.example_index))
-        starts = [self._project(x, x + memory.remembered_or_random(self, context, carried, i, x, epsilon),
-                                epsilon, c)
-                  for i, (x, c) in enumerate(zip(inputs, clip))]
+        starts = memory.starting_points(self, context, carried, inputs, epsilon)
         _, gradients, _ = context.loss_and_gradients(starts)
         context.prior_inputs = [ops.stop_gradient(s) for s in starts]
         directions = gradients

@@ -4,7 +4,6 @@ import keras
 import numpy as np
 import pytest
 
-import keras_bidir as kb
 from keras_bidir import policies
 from keras_bidir import recipes
 from keras_bidir.policies.base import PerturbationContext
