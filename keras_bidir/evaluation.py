@@ -130,7 +130,9 @@ class AttackRunner:
         if own is not None and self.select is not None:
             on_all = per_example
             per_example = lambda y, outputs: on_all(self.select(y), self.select(outputs))  # noqa: E731
-        self._function = backend.function(_AttackStep(self.model, self.attack, per_example, self._seed))
+        self._function = backend.function(
+            _AttackStep(self.model, self.attack, per_example, self._seed),
+            state=lambda: list(self.model.variables) + [self._seed.state])
 
     def __call__(self, x, y, epsilon=None):
         """Model outputs under attack for the batch `(x, y)`, at `epsilon` if given.

@@ -753,15 +753,40 @@ class BidirectionalModel(keras.Model):
             "input_gradient_norm": gradient_norm,
         }
 
-    def train_step(self, data):
+    def train_step(self, *args):
         # The step is described backend-neutrally in keras_bidir.trainer; the
         # active backend orders its calls (keras_bidir/backend/<name>.py).
-        return backend.train_step(self, data)
+        # TensorFlow passes `data`, JAX `state, data`.
+        return backend.train_step(self, *args)
 
-    def test_step(self, data):
+    def test_step(self, *args):
+        *state, data = args
         data = _without_example_index(data)  # validation_split keeps fit's index
-        super().test_step(data)  # Keras' step updates the loss and the compiled metrics.
+        return backend.test_step(self, *state, data, lambda: self._test_logs(data))
+
+    def _test_logs(self, data):
+        """The clean loss and compiled metrics of one batch (Keras' test step), as logs."""
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        y_pred = self(x, training=False)
+        loss = self.compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight,
+                                 training=False)
+        self._loss_tracker.update_state(
+            private.unscale_loss_for_distribution(loss),
+            sample_weight=ops.shape(keras.tree.flatten(x)[0])[0])
+        if self._compile_metrics is not None and y is not None:
+            self._compile_metrics.update_state(y, y_pred, sample_weight)
         return backend.step_logs(self._results(self.metrics))
+
+    @property
+    def metrics_variables(self):
+        """Variables of `metrics` and `training_metrics` (JAX threads them through the step)."""
+        variables, seen = [], set()
+        for metric in self.metrics + self._all_training_metrics():
+            for variable in metric.variables:
+                if id(variable) not in seen:
+                    seen.add(id(variable))
+                    variables.append(variable)
+        return variables
 
     # -- serialization ---------------------------------------------------------------
     def get_config(self):

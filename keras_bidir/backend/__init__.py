@@ -10,11 +10,16 @@ gets one module here exposing the same small set of functions:
   (used by attack steps that must not touch the weights).
 - `variable_gradients(fn, variables, tensors)`: gradients with respect to the
   variables only, dense (the ascent of a weight policy: SAM, AWP).
-- `function(fn, jit_compile=False)`: compile a Python function into a graph.
+- `function(fn, jit_compile=False, state=None)`: compile a Python function (on
+  JAX `state()` lists the variables it reads and writes).
+- `fori_loop(lower, upper, body, init)`: a graph loop whose body may assign
+  variables.
 - `accumulate(total, gradients, weight)`: running weighted sum of gradients
   (whatever sparse form the backend produces).
-- `train_step(model, data)`: the training step, ordering the calls of the
-  backend-neutral `keras_bidir.trainer.Step`.
+- `train_step(model, *args)`: the training step, ordering the calls of the
+  backend-neutral `keras_bidir.trainer.Step` (`data` on TensorFlow, `state,
+  data` on JAX); `test_step` likewise; `sync_state(model)` writes a running
+  JAX fit's state back into the variables (callbacks that read or set them).
 
 and the distribution helpers (no-ops without a strategy): `distributed`,
 `replica_position`, `num_replicas`, `replica_rows` (this replica's rows of a
@@ -28,63 +33,55 @@ update taken only when a flag holds, on every replica alike) and
 import keras
 
 _BACKEND = keras.backend.backend()
-SUPPORTED_BACKENDS = ("tensorflow",)
+SUPPORTED_BACKENDS = ("tensorflow", "jax")
+_NAMES = (
+    "accumulate",
+    "all_replicas",
+    "apply_if",
+    "distributed",
+    "fori_loop",
+    "function",
+    "gather_blocks",
+    "input_gradients",
+    "local_batch",
+    "num_replicas",
+    "replica_block",
+    "replica_position",
+    "replica_rows",
+    "step_logs",
+    "strategy_scope",
+    "sync_state",
+    "test_step",
+    "train_step",
+    "value_and_gradients",
+    "variable_gradients",
+)
 
 
 def check_supported():
     """Raises a clear error when the active Keras backend is not supported."""
     if _BACKEND not in SUPPORTED_BACKENDS:
         raise RuntimeError(
-            f"keras-bidir trains on the TensorFlow backend only for now; the active Keras "
-            f"backend is {_BACKEND!r}. Set the environment variable KERAS_BACKEND=tensorflow "
-            "before Python imports keras (e.g. `KERAS_BACKEND=tensorflow python train.py`). "
-            "JAX support is planned."
+            f"keras-bidir trains on the TensorFlow and JAX backends; the active Keras backend "
+            f"is {_BACKEND!r}. Set the environment variable KERAS_BACKEND=jax (or tensorflow) "
+            "before Python imports keras (e.g. `KERAS_BACKEND=jax python train.py`). PyTorch "
+            "support is planned: docs/design-decisions.md, 'Backends'."
         )
+
 
 if _BACKEND == "tensorflow":
-    from keras_bidir.backend.tensorflow import accumulate  # noqa: F401
-    from keras_bidir.backend.tensorflow import all_replicas  # noqa: F401
-    from keras_bidir.backend.tensorflow import apply_if  # noqa: F401
-    from keras_bidir.backend.tensorflow import distributed  # noqa: F401
-    from keras_bidir.backend.tensorflow import function  # noqa: F401
-    from keras_bidir.backend.tensorflow import gather_blocks  # noqa: F401
-    from keras_bidir.backend.tensorflow import input_gradients  # noqa: F401
-    from keras_bidir.backend.tensorflow import local_batch  # noqa: F401
-    from keras_bidir.backend.tensorflow import num_replicas  # noqa: F401
-    from keras_bidir.backend.tensorflow import replica_block  # noqa: F401
-    from keras_bidir.backend.tensorflow import replica_position  # noqa: F401
-    from keras_bidir.backend.tensorflow import replica_rows  # noqa: F401
-    from keras_bidir.backend.tensorflow import step_logs  # noqa: F401
-    from keras_bidir.backend.tensorflow import strategy_scope  # noqa: F401
-    from keras_bidir.backend.tensorflow import train_step  # noqa: F401
-    from keras_bidir.backend.tensorflow import value_and_gradients  # noqa: F401
-    from keras_bidir.backend.tensorflow import variable_gradients  # noqa: F401
+    from keras_bidir.backend import tensorflow as _module
+elif _BACKEND == "jax":
+    from keras_bidir.backend import jax as _module
 else:  # pragma: no cover - exercised only under other backends.
+    _module = None
 
-    def _unsupported(*args, **kwargs):
-        raise NotImplementedError(
-            f"keras-bidir supports the TensorFlow backend only for now; the "
-            f"active Keras backend is {_BACKEND!r}. Set the environment "
-            "variable KERAS_BACKEND=tensorflow before importing keras."
-        )
+for _name in _NAMES:
+    if _module is not None:
+        globals()[_name] = getattr(_module, _name)
+    else:  # pragma: no cover
 
-    for _name in (
-        "accumulate",
-        "all_replicas",
-        "apply_if",
-        "distributed",
-        "function",
-        "gather_blocks",
-        "input_gradients",
-        "local_batch",
-        "num_replicas",
-        "replica_block",
-        "replica_position",
-        "replica_rows",
-        "step_logs",
-        "strategy_scope",
-        "train_step",
-        "value_and_gradients",
-        "variable_gradients",
-    ):
+        def _unsupported(*args, **kwargs):
+            check_supported()
+
         globals()[_name] = _unsupported

@@ -48,6 +48,18 @@ def unscale_loss_for_distribution(value):
     return unscale(value)
 
 
+def stateless_scope():
+    """The active `keras.StatelessScope`, or None.
+
+    Why: the JAX step nests scopes (one per gradient and loop body) that start
+    from the enclosing scope's values; Keras exposes the scope class but not
+    the getter (keras.src.backend.common.stateless_scope).
+    """
+    from keras.src.backend.common.stateless_scope import get_stateless_scope
+
+    return get_stateless_scope()
+
+
 def compute_output_spec(fn, *args, **kwargs):
     """Runs `fn` symbolically (KerasTensors), building the variables it creates.
 

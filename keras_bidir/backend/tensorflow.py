@@ -113,9 +113,26 @@ def input_gradients(fn, tensors):
     return value, aux, grads
 
 
-def function(fn, jit_compile=False):
-    """Compiles `fn` into a TensorFlow graph function."""
+def function(fn, jit_compile=False, state=None):
+    """Compiles `fn` into a TensorFlow graph function (`state` is JAX's: variables are read live)."""
+    del state
     return tf.function(fn, jit_compile=jit_compile, reduce_retracing=True)
+
+
+def fori_loop(lower, upper, body, init):
+    """`keras.ops.fori_loop`: a graph loop (its body may assign variables)."""
+    return keras.ops.fori_loop(lower, upper, body, init)
+
+
+def test_step(model, data, run):
+    """The TensorFlow test step: `run()`, the backend-neutral test step."""
+    del model, data
+    return run()
+
+
+def sync_state(model):
+    """Nothing to do: TensorFlow's variables hold the live state."""
+    del model
 
 
 def accumulate(total, gradients, weight):

@@ -5,6 +5,7 @@ import math
 import keras
 from keras import ops
 
+from keras_bidir import backend
 from keras_bidir import constraints
 from keras_bidir import losses as losses_lib
 from keras_bidir.policies.base import check_count
@@ -135,7 +136,7 @@ class APGD(_BallPolicy):
             halved_last = ops.where(at_mark, halve, halved_last)
             return (nxt, restart, best, best_loss, loss, eta, wins, mark_loss, halved_last)
 
-        state = ops.fori_loop(1, steps, body, state)
+        state = backend.fori_loop(1, steps, body, state)
         final, _, best, best_loss = state[0], state[1], state[2], state[3]
         final_loss = (context.loss(list(final)) if loss_fn is None
                       else loss_fn(context.outputs(list(final))))

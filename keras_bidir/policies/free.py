@@ -10,7 +10,9 @@ from keras_bidir.policies.gradient import _BallPolicy
 
 def _rows(state, batch_size):
     """The first `batch_size` rows of `state`, zero-padded if it has fewer."""
-    missing = ops.maximum(batch_size - ops.shape(state)[0], 0)
+    missing = batch_size - ops.shape(state)[0]
+    # Static shapes (JAX, known batch sizes) stay Python ints: JAX needs concrete shapes.
+    missing = max(missing, 0) if isinstance(missing, int) else ops.maximum(missing, 0)
     padding = ops.zeros((missing,) + tuple(state.shape[1:]), dtype=state.dtype)
     return ops.concatenate([state, padding], axis=0)[:batch_size]
 

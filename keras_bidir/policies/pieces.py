@@ -121,6 +121,6 @@ def repeat(piece, times):
         def body(_, current):
             return piece(policy, context, inputs, list(current), epsilon)
 
-        return list(ops.fori_loop(0, times, body, list(adversarial)))
+        return list(backend.fori_loop(0, times, body, list(adversarial)))
 
     return repeated

@@ -121,7 +121,7 @@ class Square(_BallPolicy):
             best = ops.where(ops.reshape(better, (-1, 1, 1, 1)), candidate, best)
             return best, ops.where(better, loss, best_loss)
 
-        best, _ = ops.fori_loop(1, self.queries, body, (best, best_loss))
+        best, _ = backend.fori_loop(1, self.queries, body, (best, best_loss))
         return [ops.reshape(best, ops.shape(x))], state
 
     def _positions(self, context, batch, count):
