@@ -106,3 +106,37 @@ def training_policies():
         _policies.PriorGuidedFGSM(0.1, prior="example", **CLIP),
         _policies.ATAS(0.1, **CLIP),
     ]
+
+
+BACKEND = keras.backend.backend()
+
+
+def independent_gradients(loss_of, x, variables=()):
+    """`(d loss / d x, [d loss / d v])` by the backend's own autodiff, not keras-bidir's.
+
+    TensorFlow: a `tf.GradientTape`; JAX: `jax.grad` of a pure function of the
+    input and the variables' values (a `keras.StatelessScope`).
+
+    Args:
+        loss_of: callable taking the input tensor and returning a scalar loss.
+        x: the input (array).
+        variables: Keras variables to differentiate too.
+    """
+    variables = list(variables)
+    if BACKEND == "jax":
+        import jax
+
+        def pure(x, values):
+            with keras.StatelessScope(state_mapping=list(zip(variables, values))):
+                return loss_of(x)
+
+        gx, gv = jax.grad(pure, argnums=(0, 1))(jax.numpy.asarray(x), [v.value for v in variables])
+        return np.asarray(gx), [np.asarray(g) for g in gv]
+    import tensorflow as tf
+
+    x = tf.convert_to_tensor(x)
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(x)
+        loss = loss_of(x)
+    gx = tape.gradient(loss, x).numpy()
+    return gx, [tf.convert_to_tensor(g).numpy() for g in tape.gradient(loss, variables)]

@@ -8,7 +8,7 @@ import tensorflow as tf
 import keras_bidir as kb
 from keras_bidir import policies
 from conftest import RecordGradients as RecordInputGradient
-from conftest import compile_classifier, tiny_cnn
+from conftest import compile_classifier, independent_gradients, tiny_cnn
 
 CLIP = {"clip_min": 0.0, "clip_max": 1.0}
 
@@ -22,13 +22,10 @@ def test_one_tape_gradients_match_independent_tape(small_batch):
     weights_before = [w.numpy().copy() for w in base.trainable_weights]
 
     # Independent computation on the same batch and weights.
+    # (a tf.GradientTape on TensorFlow, jax.grad on JAX: tests/conftest.py)
     loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    xt = tf.constant(x)
-    with tf.GradientTape(persistent=True) as tape:
-        tape.watch(xt)
-        loss = loss_fn(y, base(xt, training=True))
-    expected_input_grad = tape.gradient(loss, xt).numpy()
-    expected_weight_grads = [g.numpy() for g in tape.gradient(loss, base.trainable_weights)]
+    expected_input_grad, expected_weight_grads = independent_gradients(
+        lambda xt: loss_fn(y, base(xt, training=True)), x, base.trainable_weights)
 
     model.train_on_batch(x, y)
     recorded = model._policy_state[0].numpy()
@@ -280,11 +277,9 @@ def test_inspect_reports_what_the_policy_does_without_training(digits):
     seen = model.inspect(x[:32], y[:32])
     assert all(np.array_equal(a, b) for a, b in zip(before, model.get_weights()))
     assert seen["perturbation_norm"] == pytest.approx(0.1, abs=1e-6)
-    x_t = tf.convert_to_tensor(x[:32])
-    with tf.GradientTape() as tape:  # independent: the summed per-example loss at x
-        tape.watch(x_t)
-        loss = tf.reduce_sum(keras.losses.sparse_categorical_crossentropy(
-            y[:32], model.base_model(x_t, training=False), from_logits=True))
-    norms = np.sqrt((tape.gradient(loss, x_t).numpy().reshape(32, -1) ** 2).sum(1))
+    gradient, _ = independent_gradients(  # the summed per-example loss at x
+        lambda x_t: keras.ops.sum(keras.losses.sparse_categorical_crossentropy(
+            y[:32], model.base_model(x_t, training=False), from_logits=True)), x[:32])
+    norms = np.sqrt((gradient.reshape(32, -1) ** 2).sum(1))
     assert seen["input_gradient_norm"] == pytest.approx(norms.mean(), rel=1e-4)
     np.testing.assert_allclose(seen["outputs"], model.predict(x[:32], verbose=0), atol=1e-5)

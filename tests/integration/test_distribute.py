@@ -13,6 +13,12 @@ import sys
 import numpy as np
 import pytest
 
+from conftest import BACKEND
+
+pytestmark = pytest.mark.skipif(
+    BACKEND != "tensorflow",
+    reason="tf.distribute: the TensorFlow pass runs it (JAX: test_data_parallel.py)")
+
 SCRIPT = os.path.join(os.path.dirname(__file__), "distribute_script.py")
 
 # Tolerances, measured on the 2-core CPU machine: weights differ by at most

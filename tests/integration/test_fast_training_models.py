@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import keras_bidir as kb
-from conftest import compile_classifier, tiny_cnn
+from conftest import compile_classifier, independent_gradients, tiny_cnn
 from keras_bidir import policies
 from keras_bidir import recipes
 from keras_bidir.schedules import OneCycle
@@ -47,14 +47,9 @@ def _frozen_model(policy):
 
 def _per_example_gradients(base, x, y):
     """∇ₓ of each example's own cross-entropy, computed independently of keras_bidir."""
-    import tensorflow as tf
-
-    x = tf.convert_to_tensor(x)
-    with tf.GradientTape() as tape:
-        tape.watch(x)
-        loss = tf.reduce_sum(keras.losses.sparse_categorical_crossentropy(
-            y, base(x), from_logits=True))
-    return tape.gradient(loss, x).numpy()
+    gradient, _ = independent_gradients(lambda xt: keras.ops.sum(
+        keras.losses.sparse_categorical_crossentropy(y, base(xt), from_logits=True)), x)
+    return gradient
 
 
 def _digits_64():

@@ -26,3 +26,36 @@ def test_files_saved_by_version_0_1_load_predict_and_train(name, policy_class, d
     assert np.isfinite(logs["loss"][0]) and logs["perturbation_norm"][0] > 0
     loss, accuracy = model.evaluate(x_test[:64], np.zeros(64, "int64"), verbose=0)
     assert np.isfinite(loss) and 0.0 <= accuracy <= 1.0
+
+
+_LOAD_IN_OTHER_BACKEND = """
+import sys, numpy as np, keras, keras_bidir as kb
+model = keras.models.load_model(sys.argv[1], safe_mode=True)
+assert keras.backend.backend() == sys.argv[3], keras.backend.backend()
+np.save(sys.argv[2], model.predict(np.load(sys.argv[2] + ".x.npy"), verbose=0))
+print(type(model.policy).__name__, [list(v.shape) for v in model._policy_state])
+"""
+
+
+def test_a_file_saved_under_one_backend_loads_and_predicts_the_same_under_the_other(
+        digits, tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import BACKEND, compile_classifier, tiny_cnn
+
+    (x, y), (x_test, _) = digits
+    model = compile_classifier(kb.BidirectionalModel(
+        tiny_cnn(5), kb.policies.FreeAdversarial(0.1, replays=2, clip_min=0.0, clip_max=1.0)))
+    model.fit(x[:128], y[:128], batch_size=32, epochs=1, verbose=0)
+    path, out = str(tmp_path / "model.keras"), str(tmp_path / "predictions.npy")
+    model.save(path)
+    np.save(out + ".x.npy", x_test[:32])
+    other = "jax" if BACKEND == "tensorflow" else "tensorflow"
+    run = subprocess.run([sys.executable, "-c", _LOAD_IN_OTHER_BACKEND, path, out, other],
+                         env={**os.environ, "KERAS_BACKEND": other}, capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    # The policy and its persistent perturbation came back too.
+    assert run.stdout.split()[0] == "FreeAdversarial" and "[[32, 8, 8, 1]]" in run.stdout
+    np.testing.assert_allclose(np.load(out), model.predict(x_test[:32], verbose=0), atol=1e-5)
