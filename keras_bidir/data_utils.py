@@ -21,7 +21,7 @@ def _looks_like_tf_dataset(value):
     return type(value).__module__.startswith("tensorflow") and hasattr(value, "element_spec")
 
 
-def peek_inputs(x, batch_size=None):
+def peek_inputs(x, batch_size=None, y=None):
     """One batch of inputs from `fit()`-style data, without losing any of it.
 
     Args:
@@ -29,10 +29,12 @@ def peek_inputs(x, batch_size=None):
             them), a `tf.data.Dataset`, a `keras.utils.PyDataset`, or a Python
             generator / iterator yielding `(x, y[, sample_weight])`.
         batch_size: the `fit` batch size for array data (Keras' default 32).
+        y: the `fit(y=...)` labels of array data.
 
     Returns:
-        `(x_batch, x)`: the inputs of one batch, and the data to hand on to
-        Keras (a generator is re-chained so that its first batch is not lost).
+        `(x_batch, labeled, x)`: the inputs of one batch, whether batches
+        carry labels, and the data to hand on to Keras (a generator is
+        re-chained so that its first batch is not lost).
     """
     if x is None:
         raise ValueError("fit() got no training data (x is None).")
@@ -40,11 +42,11 @@ def peek_inputs(x, batch_size=None):
         first = next(iter(x), None)
         if first is None:
             raise ValueError("The training dataset is empty: it yields no batch.")
-        return keras.utils.unpack_x_y_sample_weight(first)[0], x
+        return _inputs_and_labeled(first) + (x,)
     if isinstance(x, keras.utils.PyDataset):
         if len(x) == 0:
             raise ValueError("The training PyDataset is empty (len() == 0).")
-        return keras.utils.unpack_x_y_sample_weight(x[0])[0], x
+        return _inputs_and_labeled(x[0]) + (x,)
     leaves = keras.tree.flatten(x) if isinstance(x, (list, tuple, dict)) else [x]
     if leaves and all(_is_array_like(leaf) or isinstance(leaf, (list, np.ndarray)) for leaf in leaves):
         size = batch_size or 32
@@ -55,7 +57,7 @@ def peek_inputs(x, batch_size=None):
                 raise ValueError("The training data is empty: the input arrays have no rows.")
             return value[:size]
 
-        return keras.tree.map_structure(head, x), x
+        return keras.tree.map_structure(head, x), y is not None, x
     if inspect.isgenerator(x) or hasattr(x, "__next__"):
         try:
             first = next(x)
@@ -66,13 +68,18 @@ def peek_inputs(x, batch_size=None):
             yield first
             yield from x
 
-        return keras.utils.unpack_x_y_sample_weight(first)[0], chained()
+        return _inputs_and_labeled(first) + (chained(),)
     if hasattr(x, "__iter__"):
         first = next(iter(x), None)
         if first is None:
             raise ValueError("The training data is empty: it yields no batch.")
-        return keras.utils.unpack_x_y_sample_weight(first)[0], x
+        return _inputs_and_labeled(first) + (x,)
     raise TypeError(f"Unsupported training data of type {type(x).__name__}.")
+
+
+def _inputs_and_labeled(batch):
+    x, y, _ = keras.utils.unpack_x_y_sample_weight(batch)
+    return x, y is not None
 
 
 def validate_arrays(x, model):

@@ -18,6 +18,7 @@ from keras_bidir import losses as losses_lib
 from keras_bidir import policies as policies_lib
 from keras_bidir import trainer
 from keras_bidir import weight_policies as weight_policies_lib
+from keras_bidir.policies.base import seed_generators
 from keras_bidir.metrics import PrefixedCompileLoss
 from keras_bidir.metrics import PrefixedCompileMetrics
 from keras_bidir.metrics import StepMean
@@ -221,6 +222,10 @@ class BidirectionalModel(keras.Model):
     @policy.setter
     def policy(self, value):
         object.__setattr__(self, "_policy", policies_lib.get(value))
+        generators = seed_generators(self._policy)
+        if generators:  # tracked, so that their state is the model's (JAX threads it)
+            with private.unlocked_tracker(self):
+                self._policy_seed_generators = generators
         self._objective_changed()
 
     @property
@@ -614,7 +619,11 @@ class BidirectionalModel(keras.Model):
         data_utils.validate_arrays(x, self.base_model)
         self._check_label_range(y)
         if x is not None:
-            x_batch, x = data_utils.peek_inputs(x, batch_size)
+            x_batch, labeled, x = data_utils.peek_inputs(x, batch_size, y)
+            if not labeled and self.policy.requires_labels:
+                raise ValueError(
+                    f"{type(self.policy).__name__} follows the loss gradient and needs "
+                    "labels: pass (x, y) or (x, y, sample_weight) batches to fit().")
             inputs_batch, _ = example_index.split(x_batch)
             self._check_data(inputs_batch)
             self.build_policy_state(inputs_batch)

@@ -253,7 +253,7 @@ class Step:
         optimizer = self.model.optimizer
         if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
             # It skips non-finite steps itself and lowers the loss scale.
-            optimizer.apply(gradients, self.weights)
+            backend.apply_loss_scaled(optimizer, gradients, self.weights)
             return
         if not optimizer.built:
             optimizer.build(self.weights)

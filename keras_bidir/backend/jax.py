@@ -159,17 +159,48 @@ def fori_loop(lower, upper, body, init):
         inner.state_mapping.update(zip(keys, values))
         with inner:
             value = body(i, value)
-        new = set(inner.state_mapping) - set(keys)
-        if new:
-            names = [getattr(inner.variables.get(k), "path", k) for k in new]
-            raise RuntimeError(
-                f"Variables {names} were first written inside a loop; keras-bidir's JAX step "
-                "threads only the variables of the model's state. Please report this.")
+        _check_no_new(inner, keys)
         return value, [inner.state_mapping[k] for k in keys]
 
     value, values = jax.lax.fori_loop(lower, upper, step, (init, [scope.state_mapping[k] for k in keys]))
     scope.state_mapping.update(zip(keys, values))
     return value
+
+
+def switch(index, branches, *operands):
+    """`keras.ops.switch` whose branches may assign variables (seed generators)."""
+    scope = private.stateless_scope()
+    if scope is None:
+        scope = _Scope()
+        with scope:
+            return switch(index, branches, *operands)
+    keys = list(scope.state_mapping)
+    known = dict(getattr(scope, "variables", {}))
+
+    def threaded(branch):
+        def run(values, *xs):
+            inner = _Scope(scope.state_mapping, known)
+            inner.state_mapping.update(zip(keys, values))
+            with inner:
+                result = branch(*xs)
+            _check_no_new(inner, keys)
+            return result, [inner.state_mapping[k] for k in keys]
+
+        return run
+
+    result, values = jax.lax.switch(
+        index, [threaded(b) for b in branches], [scope.state_mapping[k] for k in keys], *operands)
+    scope.state_mapping.update(zip(keys, values))
+    return result
+
+
+def _check_no_new(inner, keys):
+    new = set(inner.state_mapping) - set(keys)
+    if new:
+        names = [getattr(inner.variables.get(k), "path", k) for k in new]
+        raise RuntimeError(
+            f"Variables {names} were first written inside a loop or branch; keras-bidir's JAX "
+            "step threads only the variables of the model's state. Please report this.")
 
 
 def _tracing(structure):
@@ -232,6 +263,16 @@ def apply_if(flag, apply, args):
             old = variable.value if variable is not None else value
         if old is not value:
             scope.state_mapping[key] = jnp.where(flag, value, old)
+
+
+def apply_loss_scaled(optimizer, gradients, variables):
+    """A `LossScaleOptimizer` update through its stateless form (its `apply` branches on state)."""
+    scope = private.stateless_scope()
+    trainable = list(variables)
+    new_trainable, new_optimizer = optimizer.stateless_apply(
+        [_value(v) for v in optimizer.variables], list(gradients), [_value(v) for v in trainable])
+    for variable, value in zip(trainable + list(optimizer.variables), new_trainable + new_optimizer):
+        scope.map(variable, value) if isinstance(scope, _Scope) else variable.assign(value)
 
 
 # -- the step -----------------------------------------------------------------------

@@ -99,6 +99,16 @@ def nested_layers(model, include_self=False):
     return list(flatten(include_self=include_self)) if flatten is not None else []
 
 
+def seed_generators(layer):
+    """The `SeedGenerator`s `layer` itself owns (not its sublayers').
+
+    Why: an augmentation layer inside a policy is not part of the model, so
+    the model must track its generators itself; Keras lists a layer's
+    generators only in the private `_seed_generators`.
+    """
+    return list(getattr(layer, "_seed_generators", []))
+
+
 def is_graph_model(model):
     """Whether `model` is a graph of layers (Functional, keras-hub backbones).
 

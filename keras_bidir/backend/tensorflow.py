@@ -124,6 +124,11 @@ def fori_loop(lower, upper, body, init):
     return keras.ops.fori_loop(lower, upper, body, init)
 
 
+def switch(index, branches, *operands):
+    """`keras.ops.switch` (its branches may assign variables)."""
+    return keras.ops.switch(index, branches, *operands)
+
+
 def test_step(model, data, run):
     """The TensorFlow test step: `run()`, the backend-neutral test step."""
     del model, data
@@ -265,6 +270,11 @@ def apply_if(flag, apply, args):
         tf.cond(first, run_each, skip)
 
     tf.distribute.get_replica_context().merge_call(cross_replica, args=(flag,) + tuple(args))
+
+
+def apply_loss_scaled(optimizer, gradients, variables):
+    """A `LossScaleOptimizer` update (it skips non-finite steps and adapts its scale)."""
+    optimizer.apply(gradients, variables)
 
 
 def local_batch(batch, model):

@@ -10,6 +10,7 @@ from keras import ops
 from keras_bidir import backend
 from keras_bidir import constraints
 from keras_bidir import inputs as inputs_lib
+from keras_bidir.backend import private
 from keras_bidir.sites import Sites
 from keras_bidir.sites import apply_masks
 from keras_bidir import losses as losses_lib
@@ -448,6 +449,35 @@ def _repeat(structure, repeats):
     return keras.tree.map_structure(
         lambda t: None if t is None else ops.concatenate([t] * repeats, axis=0), structure
     )
+
+
+def seed_generators(policy):
+    """The `SeedGenerator`s a policy's own layers draw from (augmentation layers).
+
+    The model tracks them, so their state travels with its variables (JAX
+    threads it through the jitted step instead of freezing it).
+    """
+    found, seen = [], set()
+
+    def visit(value):
+        if id(value) in seen:
+            return
+        seen.add(id(value))
+        if isinstance(value, keras.random.SeedGenerator):
+            found.append(value)
+        elif isinstance(value, keras.layers.Layer):
+            for layer in private.nested_layers(value, include_self=True):
+                for generator in private.seed_generators(layer):
+                    visit(generator)
+        elif isinstance(value, (list, tuple)):
+            for item in value:
+                visit(item)
+        elif isinstance(value, InputPolicy):
+            for item in vars(value).values():
+                visit(item)
+
+    visit(policy)
+    return found
 
 
 def site_objective(model, x, y, sites, clean, masks, per_example_loss, training=False):

@@ -3,6 +3,7 @@
 import keras
 from keras import ops
 
+from keras_bidir import backend
 from keras_bidir.policies.base import InputPolicy
 
 
@@ -153,7 +154,7 @@ class RandomChoice(_Combination):
             (lambda *xs, p=p: tuple(p.generate(context, list(xs), [])[0]))
             for p in self.policies
         ]
-        chosen = list(ops.switch(index, branches, *inputs))
+        chosen = list(backend.switch(index, branches, *inputs))
         # Tensors a branch stored on the context (clean outputs) live inside that branch.
         context.clean_outputs = None
         return chosen, state

@@ -85,9 +85,9 @@ def test_no_retracing_after_the_first_epoch(digits):
     traces = []
 
     class Counting(kb.BidirectionalModel):
-        def train_step(self, data):
+        def train_step(self, *args):  # (data) on TensorFlow, (state, data) on JAX
             traces.append(1)  # Python runs only while tracing.
-            return super().train_step(data)
+            return super().train_step(*args)
 
     model = Counting(tiny_cnn(), policies.PGD(0.1, steps=2, **CLIP))
     compile_classifier(model)

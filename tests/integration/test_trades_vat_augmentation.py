@@ -122,7 +122,7 @@ def test_vat_takes_unlabeled_examples_and_freezes_batchnorm_statistics(digits):
     np.testing.assert_allclose(bn.moving_variance.numpy(), bn_ref.moving_variance.numpy(),
                                atol=1e-6)
     # The clean loss and accuracy are over the 16 labeled examples only.
-    logits = reference(x, training=True).numpy()
+    logits = keras.ops.convert_to_numpy(reference(x, training=True))
     ce = -np.log(_softmax(logits.astype("float64"))[np.arange(16), y[:16]]).mean()
     np.testing.assert_allclose(logs["clean_loss"], ce, rtol=1e-4)
     accuracy = np.mean(np.argmax(logits[:16], -1) == y[:16])

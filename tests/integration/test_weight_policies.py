@@ -3,10 +3,10 @@
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 
 import keras_bidir as kb
 from conftest import compile_classifier
+from conftest import independent_gradients
 from conftest import tiny_cnn
 from keras_bidir import policies
 from keras_bidir import weight_policies
@@ -29,23 +29,16 @@ def _problem(weight_policy, learning_rate=LEARNING_RATE):
 
 
 def _hand_step(base, x, y, perturbation):
-    """FGSM input, ascent v at it, descent gradient at θ + v, SGD step from θ (plain TF)."""
+    """FGSM input, ascent v at it, descent gradient at θ + v, SGD step from θ (the backend's own autodiff)."""
     loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     weights = base.trainable_weights
     theta = [w.numpy() for w in weights]
-    x_t = tf.convert_to_tensor(x)
-    with tf.GradientTape() as tape:
-        tape.watch(x_t)
-        loss = loss_fn(y, base(x_t))
-    x_adv = np.clip(x + EPSILON * np.sign(tape.gradient(loss, x_t).numpy()), 0.0, 1.0)
-    with tf.GradientTape() as tape:
-        loss = loss_fn(y, base(x_adv))
-    g = [v.numpy() for v in tape.gradient(loss, weights)]
+    gx, _ = independent_gradients(lambda xt: loss_fn(y, base(xt)), x)
+    x_adv = np.clip(x + EPSILON * np.sign(gx), 0.0, 1.0)
+    _, g = independent_gradients(lambda xt: loss_fn(y, base(xt)), x_adv, weights)
     for w, t, v in zip(weights, theta, perturbation(theta, g)):
         w.assign(t + v)
-    with tf.GradientTape() as tape:
-        loss = loss_fn(y, base(x_adv))
-    g_at_moved = [v.numpy() for v in tape.gradient(loss, weights)]
+    _, g_at_moved = independent_gradients(lambda xt: loss_fn(y, base(xt)), x_adv, weights)
     for w, t in zip(weights, theta):
         w.assign(t)
     return [t - LEARNING_RATE * d for t, d in zip(theta, g_at_moved)]
