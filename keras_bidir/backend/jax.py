@@ -171,6 +171,8 @@ def switch(index, branches, *operands):
     """`keras.ops.switch` whose branches may assign variables (seed generators)."""
     scope = private.stateless_scope()
     if scope is None:
+        if not _tracing([index, list(operands)]):  # eager: take the branch
+            return branches[int(index)](*operands)
         scope = _Scope()
         with scope:
             return switch(index, branches, *operands)
