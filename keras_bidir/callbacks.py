@@ -4,6 +4,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_bidir import backend
 from keras_bidir import evaluation
 from keras_bidir import outputs as outputs_lib
 from keras_bidir import policies as policies_lib
@@ -175,6 +176,7 @@ class EpsilonSchedule(keras.callbacks.Callback):
     def on_train_batch_begin(self, batch, logs=None):
         if self.unit == "step":
             model = _bidirectional(self.model, "EpsilonSchedule")
+            backend.sync_state(model)  # JAX: the running fit's state, written back to read and set
             replays = max(1, model.policy.replays)
             self._set(int(ops.convert_to_numpy(model.optimizer.iterations)) // replays)
 

@@ -632,7 +632,8 @@ class BidirectionalModel(keras.Model):
         callbacks.append(_NonFiniteWarning())
         if self.weight_policy is not None and self.weight_policy.warmup_epochs:
             callbacks.append(_WeightPolicyWarmup(self.weight_policy.warmup_epochs))
-        return super().fit(x, y, batch_size, *args, callbacks=callbacks, **kwargs)
+        with backend.fit_guard(self):
+            return super().fit(x, y, batch_size, *args, callbacks=callbacks, **kwargs)
 
     def train_on_batch(self, x, y=None, *args, **kwargs):
         inputs, index = example_index.split(x)

@@ -100,30 +100,23 @@ def _timer():
     return StepTimer()
 
 
-def _gpu_available():
-    import tensorflow as tf
-
-    return bool(tf.config.list_physical_devices("GPU"))
-
-
 def measure_speed(names, batch_size=128, rounds=5, jit_compile="auto", verbose=True):
     """Median step time per configuration, measured in this process."""
     import numpy as np
-    import tensorflow as tf
 
+    from keras_bidir import backend
     from keras_bidir import datasets
 
     (x, y), _ = datasets.load_digits()
     x, y = x[: (len(x) // batch_size) * batch_size], y[: (len(y) // batch_size) * batch_size]
     models, times, memory = {}, {name: [] for name in names}, {}
-    gpu = _gpu_available()
     for name in names:
         models[name] = _build(name, jit_compile=jit_compile)
-        if gpu:
-            tf.config.experimental.reset_memory_stats("GPU:0")
+        backend.reset_peak_memory()
         models[name].fit(x, y, batch_size=batch_size, epochs=1, verbose=0)  # trace + warm up
-        if gpu:
-            memory[name] = tf.config.experimental.get_memory_info("GPU:0")["peak"] / 2**20
+        peak = backend.peak_memory_mib()
+        if peak is not None:
+            memory[name] = peak
         if verbose:
             print(f"  built and warmed up: {name}", flush=True)
     for round_index in range(rounds):
@@ -184,16 +177,17 @@ def measure_cpu_memory(names, batch_size=128, steps=20):
 
 def machine():
     import keras
-    import tensorflow as tf
 
-    gpus = tf.config.list_physical_devices("GPU")
-    device = "GPU: " + ", ".join(
-        tf.config.experimental.get_device_details(g).get("device_name", g.name) for g in gpus
-    ) if gpus else f"CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+    from keras_bidir import backend
+
+    gpus = backend.accelerators()
+    device = "GPU: " + ", ".join(gpus) if gpus else (
+        f"CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} cores")
     return {
         "device": device,
         "python": platform.python_version(),
-        "tensorflow": tf.__version__,
+        "backend": keras.backend.backend(),
+        "framework": backend.framework(),
         "keras": keras.__version__,
         "platform": platform.platform(),
     }
@@ -273,7 +267,8 @@ def run(args):
     os.makedirs(args.output_dir, exist_ok=True)
     info = machine()
     command = "keras-bidir bench " + " ".join(sys.argv[2:] if sys.argv[1:2] == ["bench"] else sys.argv[1:])
-    print(f"Machine: {info['device']}; TensorFlow {info['tensorflow']}, Keras {info['keras']}")
+    print(f"Machine: {info['device']}; {info['framework']}, Keras {info['keras']} "
+          f"(backend: {info['backend']})")
     if args.quality:
         return _run_frontier(args, info, command)
     configs = args.configs or list(CONFIGS)

@@ -35,11 +35,16 @@ import keras
 _BACKEND = keras.backend.backend()
 SUPPORTED_BACKENDS = ("tensorflow", "jax")
 _NAMES = (
+    "accelerators",
+    "framework",
+    "peak_memory_mib",
+    "reset_peak_memory",
     "accumulate",
     "all_replicas",
     "apply_if",
     "apply_loss_scaled",
     "distributed",
+    "fit_guard",
     "fori_loop",
     "function",
     "gather_blocks",

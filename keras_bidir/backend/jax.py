@@ -395,7 +395,59 @@ def strategy_scope(model):
     return contextlib.nullcontext()
 
 
+@contextlib.contextmanager
+def fit_guard(model):
+    """Gives the variables their values back when `fit` fails before its first step.
+
+    Keras' JAX `fit` empties the model's variables while it holds their values
+    in its state, and writes them back only once a step has run: an error
+    raised while the step is traced (a clear keras-bidir error included)
+    would leave every weight empty.
+    """
+    variables = _all_variables(model)
+    values = [private.stored_value(v) for v in variables]
+    try:
+        yield
+    except BaseException:
+        for variable, value in zip(variables, values):
+            if private.stored_value(variable) is None and value is not None:
+                variable.assign(value)
+        raise
+
+
+def _all_variables(model):
+    found, seen = [], set()
+    for group in _state_variables(model, optimizer=model.optimizer is not None):
+        for variable in group:
+            if id(variable) not in seen:
+                seen.add(id(variable))
+                found.append(variable)
+    return found
+
+
 def sync_state(model):
     """Writes the state a running `fit` holds back into the model's variables."""
     if getattr(model, "_jax_state", None):
         model.jax_state_sync()
+
+
+# -- the machine (the benchmark's report) ------------------------------------------
+
+
+def framework():
+    """`"JAX <version>"`."""
+    return f"JAX {jax.__version__}"
+
+
+def accelerators():
+    """Names of the GPUs / TPUs JAX uses (empty on a CPU machine)."""
+    return [d.device_kind for d in jax.devices() if d.platform != "cpu"]
+
+
+def reset_peak_memory():
+    """JAX keeps no resettable peak: `peak_memory_mib` reports None."""
+
+
+def peak_memory_mib():
+    """None: JAX's allocator has no per-measurement peak to reset."""
+    return None

@@ -142,3 +142,13 @@ def collective_all_reduce_multi_worker(strategy):
     from keras.src.backend.tensorflow.trainer import _collective_all_reduce_multi_worker
 
     return _collective_all_reduce_multi_worker(strategy)
+
+
+def stored_value(variable):
+    """The value a variable holds, or None where JAX's `fit` emptied it.
+
+    Why: Keras' JAX `fit` sets `variable._value = None` while it holds the
+    values in its state, and `variable.value` then raises; there is no
+    public way to ask whether a variable is empty.
+    """
+    return variable._value

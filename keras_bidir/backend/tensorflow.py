@@ -1,5 +1,7 @@
 """TensorFlow gradient code: one `tf.GradientTape` per gradient computation."""
 
+import contextlib
+
 import keras
 import tensorflow as tf
 
@@ -133,6 +135,12 @@ def test_step(model, data, run):
     """The TensorFlow test step: `run()`, the backend-neutral test step."""
     del model, data
     return run()
+
+
+def fit_guard(model):
+    """Nothing to guard: TensorFlow's `fit` keeps the variables' values in place."""
+    del model
+    return contextlib.nullcontext()
 
 
 def sync_state(model):
@@ -312,3 +320,30 @@ def strategy_scope(model):
     """The scope in which `model`'s variables live (its distribution strategy's)."""
     strategy = getattr(model, "distribute_strategy", None) or tf.distribute.get_strategy()
     return strategy.scope()
+
+
+# -- the machine (the benchmark's report) ------------------------------------------
+
+
+def framework():
+    """`"TensorFlow <version>"`."""
+    return f"TensorFlow {tf.__version__}"
+
+
+def accelerators():
+    """Names of the GPUs TensorFlow sees (empty on a CPU machine)."""
+    return [tf.config.experimental.get_device_details(g).get("device_name", g.name)
+            for g in tf.config.list_physical_devices("GPU")]
+
+
+def reset_peak_memory():
+    """Starts a new peak-memory measurement on the first GPU (no-op without one)."""
+    if tf.config.list_physical_devices("GPU"):
+        tf.config.experimental.reset_memory_stats("GPU:0")
+
+
+def peak_memory_mib():
+    """Peak GPU memory since `reset_peak_memory`, in MiB; None without a GPU."""
+    if not tf.config.list_physical_devices("GPU"):
+        return None
+    return tf.config.experimental.get_memory_info("GPU:0")["peak"] / 2**20

@@ -183,8 +183,14 @@ def test_augmentation_policies_refuse_perturbation_points():
     h = kb.layers.PerturbationPoint(name="emb")(keras.layers.Embedding(10, 4)(tokens))
     model = keras.Model(tokens, keras.layers.Dense(2)(keras.layers.Flatten()(h)))
     wrapped = compile_classifier(kb.BidirectionalModel(model, policies.Augment(SPATIAL)))
+    before = [np.array(w) for w in model.get_weights()]
     with pytest.raises(ValueError, match="cannot act on PerturbationPoint"):
         wrapped.fit(np.zeros((8, 4), "int32"), np.zeros(8, "int32"), epochs=1, verbose=0)
+    # The refused fit leaves the model as it was (JAX's fit empties the variables while
+    # it runs: keras_bidir.backend.jax.fit_guard gives them back).
+    for old, new in zip(before, model.get_weights()):
+        np.testing.assert_array_equal(old, new)
+    assert np.isfinite(wrapped.predict(np.zeros((2, 4), "int32"), verbose=0)).all()
 
 
 # -- composition -------------------------------------------------------------------------
