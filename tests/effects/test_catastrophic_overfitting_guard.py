@@ -1,18 +1,24 @@
 """Catastrophic overfitting reproduced on real digits, caught by the guard."""
 
+import keras
+
 import keras_bidir as kb
 from keras_bidir import callbacks, evaluation, policies
 from keras_bidir.apps.demo import _compile, digits_cnn
 
 CLIP = {"clip_min": 0.0, "clip_max": 1.0}
+# The collapse is a property of one run, not of every seed. TensorFlow reproduces it with
+# seed 0; JAX draws other initial weights and random numbers from the same seeds, and
+# reproduces it with seeds 3 and 6 of 0-6 (measured; 6 drops furthest: 48 % → 32 % PGD).
+SEED = 6 if keras.backend.backend() == "jax" else 0
 
 
 def _train(digits, guard=None):
     (x_train, y_train), _ = digits
     # FGSM from a zero start at a large ε with a high learning rate: PGD accuracy
     # rises, then collapses while FGSM accuracy keeps climbing (Wong et al. 2020).
-    # Reproduced with seed 0; other seeds may diverge instead at this learning rate.
-    model = kb.BidirectionalModel(digits_cnn(0), policies.FGSM(0.25, **CLIP), seed=0)
+    # Reproduced with SEED; other seeds may diverge instead at this learning rate.
+    model = kb.BidirectionalModel(digits_cnn(SEED), policies.FGSM(0.25, **CLIP), seed=SEED)
     _compile(model, 1e-2)
     model.fit(x_train, y_train, batch_size=64, epochs=25, verbose=0,
               callbacks=[guard] if guard else [])
