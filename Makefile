@@ -1,6 +1,6 @@
 # Two entry points, each doing its own set-up in ./.venv:
 #   make demo   - plain vs adversarial training on the bundled UCI digits
-#   make test   - the test suite (CI runs this through .ci/run)
+#   make test   - the test suite on both backends (CI runs this through .ci/run)
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -23,11 +23,21 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/keras-bidir demo
 
+# Two passes: the whole suite on the active backend (KERAS_BACKEND, TensorFlow by default), then
+# the tests that depend on the backend's gradient and state code (marker `backends`) on the other.
+# The whole suite on JAX: KERAS_BACKEND=jax make test.
+BACKEND := $(or $(KERAS_BACKEND),tensorflow)
+OTHER_BACKEND := $(if $(filter jax,$(BACKEND)),tensorflow,jax)
+
 test: $(STAMP)
-	$(BIN)/python -m pytest -m "not slow" -n $(TEST_WORKERS) --dist worksteal
+	@echo "== 1/2: the whole suite on $(BACKEND) =="
+	KERAS_BACKEND=$(BACKEND) $(BIN)/python -m pytest -m "not slow" -n $(TEST_WORKERS) --dist worksteal
+	@echo "== 2/2: the backend-dependent tests (-m backends) on $(OTHER_BACKEND) =="
+	KERAS_BACKEND=$(OTHER_BACKEND) $(BIN)/python -m pytest -m "backends and not slow" -n $(TEST_WORKERS) --dist worksteal --durations=5
 
 test-all: $(STAMP)
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist worksteal
+	KERAS_BACKEND=$(BACKEND) $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist worksteal
+	KERAS_BACKEND=$(OTHER_BACKEND) $(BIN)/python -m pytest -m backends -n $(TEST_WORKERS) --dist worksteal
 
 docs: $(STAMP)
 	$(BIN)/mkdocs build --strict   # the site goes to outputs/site (tests build it too)

@@ -10,6 +10,8 @@ from keras_bidir import policies
 from conftest import RecordGradients as RecordInputGradient
 from conftest import compile_classifier, independent_gradients, tiny_cnn
 
+pytestmark = pytest.mark.backends  # `make test` runs these on both backends
+
 CLIP = {"clip_min": 0.0, "clip_max": 1.0}
 
 

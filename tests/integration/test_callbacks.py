@@ -8,6 +8,8 @@ import keras_bidir as kb
 from keras_bidir import callbacks, evaluation, policies
 from conftest import compile_classifier, tiny_cnn
 
+pytestmark = pytest.mark.backends  # `make test` runs these on both backends
+
 CLIP = {"clip_min": 0.0, "clip_max": 1.0}
 
 

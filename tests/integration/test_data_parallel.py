@@ -14,8 +14,8 @@ import pytest
 
 from conftest import BACKEND
 
-pytestmark = pytest.mark.skipif(
-    BACKEND != "jax", reason="JAX's DataParallel: the JAX pass of `make test` runs it")
+pytestmark = [pytest.mark.backends, pytest.mark.skipif(
+    BACKEND != "jax", reason="JAX's DataParallel: the JAX pass of `make test` runs it")]
 
 SCRIPT = os.path.join(os.path.dirname(__file__), "data_parallel_script.py")
 

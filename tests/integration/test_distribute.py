@@ -15,9 +15,9 @@ import pytest
 
 from conftest import BACKEND
 
-pytestmark = pytest.mark.skipif(
+pytestmark = [pytest.mark.backends, pytest.mark.skipif(
     BACKEND != "tensorflow",
-    reason="tf.distribute: the TensorFlow pass runs it (JAX: test_data_parallel.py)")
+    reason="tf.distribute: the TensorFlow pass runs it (JAX: test_data_parallel.py)")]
 
 SCRIPT = os.path.join(os.path.dirname(__file__), "distribute_script.py")
 

@@ -40,6 +40,7 @@ def test_apgd_checkpoints_follow_the_paper():
     assert policies.apgd.checkpoints(100) == [22, 41, 57, 70, 80, 87, 93, 99]  # as AutoAttack's n_iter=100
 
 
+@pytest.mark.backends
 @pytest.mark.parametrize("loss", ["ce", "dlr"])
 @pytest.mark.parametrize("norm", ["linf", "l2"])
 def test_apgd_stays_in_ball_and_is_at_least_as_strong_as_fgsm(trained_plain, digits, loss, norm):
@@ -54,6 +55,7 @@ def test_apgd_stays_in_ball_and_is_at_least_as_strong_as_fgsm(trained_plain, dig
     assert evaluation.robust_accuracy(trained_plain, x, y, apgd) <= fgsm
 
 
+@pytest.mark.backends
 def test_report_worst_case_is_per_example_and_checks_pass_for_a_normal_model(trained_plain, digits, tmp_path):
     _, (x, y) = digits
     report = kb.evaluate_robustness(trained_plain, (x, y), [0.05, 0.1], clip_min=0.0, clip_max=1.0, verbose=0)
@@ -69,6 +71,7 @@ def test_report_worst_case_is_per_example_and_checks_pass_for_a_normal_model(tra
     assert (tmp_path / "curve.png").stat().st_size > 1000
 
 
+@pytest.mark.backends
 def test_masked_gradients_are_flagged(trained_plain, digits):
     _, (x, y) = digits
     masked = masked_copy(trained_plain)
@@ -108,6 +111,7 @@ def test_strongest_attack_beats_or_ties_pgd20_on_adversarially_trained_model(dig
     assert report.passed_checks, report.to_markdown()
 
 
+@pytest.mark.backends
 def test_evaluation_compiles_each_attack_once(trained_plain, digits, caplog):
     _, (x_test, y_test) = digits
     with caplog.at_level(logging.WARNING, logger="tensorflow"):

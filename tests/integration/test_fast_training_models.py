@@ -10,6 +10,8 @@ from keras_bidir import policies
 from keras_bidir import recipes
 from keras_bidir.schedules import OneCycle
 
+pytestmark = pytest.mark.backends  # `make test` runs these on both backends
+
 
 def test_mart_trains_without_a_clean_loss_term_but_with_clean_outputs(small_batch):
     x, y = small_batch

@@ -20,7 +20,8 @@ def mixed_precision(request):
     keras.mixed_precision.set_global_policy("float32")
 
 
-@pytest.mark.parametrize("mixed_precision", ["mixed_float16", "mixed_bfloat16"], indirect=True)
+@pytest.mark.parametrize("mixed_precision", [pytest.param("mixed_float16", marks=pytest.mark.backends),
+                                             "mixed_bfloat16"], indirect=True)
 @pytest.mark.parametrize("policy", ALL, ids=lambda p: type(p).__name__)
 def test_mixed_precision_every_policy(mixed_precision, policy, small_batch):
     x, y = small_batch
@@ -40,6 +41,7 @@ def test_mixed_precision_every_policy(mixed_precision, policy, small_batch):
     assert all(np.isfinite(w.numpy()).all() for w in model.base_model.weights)
 
 
+@pytest.mark.backends
 def test_float16_input_gradient_is_unscaled(small_batch):
     keras.mixed_precision.set_global_policy("mixed_float16")
     try:
@@ -61,6 +63,7 @@ def test_float16_input_gradient_is_unscaled(small_batch):
         keras.mixed_precision.set_global_policy("float32")
 
 
+@pytest.mark.backends
 def test_float16_overflow_skips_weights_and_perturbation_state(small_batch):
     keras.mixed_precision.set_global_policy("mixed_float16")
     try:
@@ -80,6 +83,7 @@ def test_float16_overflow_skips_weights_and_perturbation_state(small_batch):
         keras.mixed_precision.set_global_policy("float32")
 
 
+@pytest.mark.backends
 def test_no_retracing_after_the_first_epoch(digits):
     (x, y), _ = digits
     traces = []

@@ -30,6 +30,8 @@ def test_files_saved_by_version_0_1_load_predict_and_train(name, policy_class, d
 
 _LOAD_IN_OTHER_BACKEND = """
 import sys, numpy as np, keras, keras_bidir as kb
+
+pytestmark = pytest.mark.backends  # `make test` runs these on both backends
 model = keras.models.load_model(sys.argv[1], safe_mode=True)
 assert keras.backend.backend() == sys.argv[3], keras.backend.backend()
 np.save(sys.argv[2], model.predict(np.load(sys.argv[2] + ".x.npy"), verbose=0))

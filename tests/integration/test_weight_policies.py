@@ -11,6 +11,8 @@ from conftest import tiny_cnn
 from keras_bidir import policies
 from keras_bidir import weight_policies
 
+pytestmark = pytest.mark.backends  # `make test` runs these on both backends
+
 CLIP = {"clip_min": 0.0, "clip_max": 1.0}
 EPSILON, LEARNING_RATE = 0.1, 0.1
 

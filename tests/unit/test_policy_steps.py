@@ -5,6 +5,8 @@ import pytest
 from keras_bidir import policies
 from conftest import independent_gradients, numpy_norm, tiny_cnn
 
+pytestmark = pytest.mark.backends  # `make test` runs these on both backends
+
 CLIP = {"clip_min": 0.0, "clip_max": 1.0}
 
 
