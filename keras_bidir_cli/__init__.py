@@ -49,7 +49,7 @@ def _native_stderr_silenced():
 
 
 def import_quietly(verbose=False):
-    """Imports TensorFlow and Keras, hiding their native start-up log unless `verbose`.
+    """Imports the backend (TensorFlow or JAX) and Keras, hiding their native start-up log unless `verbose`.
 
     Python errors still show: only what native code prints during the import
     and the device discovery is dropped.
@@ -58,9 +58,10 @@ def import_quietly(verbose=False):
         return
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     with _native_stderr_silenced():
-        import tensorflow as tf
+        if os.environ.get("KERAS_BACKEND", "tensorflow") == "tensorflow":
+            import tensorflow as tf
 
-        tf.config.list_physical_devices()  # Device discovery logs (cuInit) happen here.
+            tf.config.list_physical_devices()  # Device discovery logs (cuInit) happen here.
         import keras  # noqa: F401
 
 

@@ -256,14 +256,10 @@ def apply_if(flag, apply, args):
     """Runs `apply(*args)` (an optimizer update) and keeps its effect only where `flag` holds."""
     scope = private.stateless_scope()
     before = dict(scope.state_mapping)
-    variables = dict(getattr(scope, "variables", {}))
     apply(*args)
     for key, value in list(scope.state_mapping.items()):
         old = before.get(key)
-        if old is None:
-            variable = getattr(scope, "variables", variables).get(key)
-            old = variable.value if variable is not None else value
-        if old is not value:
+        if old is not None and old is not value:
             scope.state_mapping[key] = jnp.where(flag, value, old)
 
 
