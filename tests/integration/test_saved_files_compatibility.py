@@ -1,4 +1,4 @@
-"""Files saved by the previous version (0.1, commit 761365b) load, predict the same and train on."""
+"""Saved files: those of the previous version (0.1, commit 761365b) load, predict the same and train on; a file saved under one backend loads under the other."""
 
 import os
 
@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 
 import keras_bidir as kb
+
+pytestmark = pytest.mark.backends  # `make test` runs these on both backends
 
 DATA = os.path.join(os.path.dirname(__file__), "..", "data")
 
@@ -30,8 +32,6 @@ def test_files_saved_by_version_0_1_load_predict_and_train(name, policy_class, d
 
 _LOAD_IN_OTHER_BACKEND = """
 import sys, numpy as np, keras, keras_bidir as kb
-
-pytestmark = pytest.mark.backends  # `make test` runs these on both backends
 model = keras.models.load_model(sys.argv[1], safe_mode=True)
 assert keras.backend.backend() == sys.argv[3], keras.backend.backend()
 np.save(sys.argv[2], model.predict(np.load(sys.argv[2] + ".x.npy"), verbose=0))
