@@ -32,7 +32,6 @@ POLICIES = {
     "pgd": lambda: policies.PGD(0.1, steps=3, **CLIP),
     "free": lambda: policies.FreeAdversarial(0.1, replays=3, **CLIP),
     "prior": lambda: policies.PriorGuidedFGSM(0.1, momentum=0.3, **CLIP),
-    "mart": lambda: policies.MART(0.1, steps=2, **CLIP),
     "atas": lambda: policies.ATAS(0.1, **CLIP),  # a memory per training example
     "sam": lambda: policies.FGSM(0.1, **CLIP),  # with the SAM weight policy
 }
@@ -60,8 +59,8 @@ def train(name, distribution, initial, x, y):
     try:
         model = make_model(name, initial)
         history = model.fit(
-            x, y, batch_size=GLOBAL_BATCH, epochs=3, shuffle=False, verbose=0,
-            callbacks=[callbacks.EpsilonSchedule(ramp=2),
+            x, y, batch_size=GLOBAL_BATCH, epochs=2, shuffle=False, verbose=0,
+            callbacks=[callbacks.EpsilonSchedule(ramp=2, unit="step"),
                        callbacks.RobustAccuracy((x[:64], y[:64]), policies.PGD(0.1, steps=5), seed=1)])
         sharding = str(model.base_model.trainable_weights[0].value.sharding)
         state = [np.asarray(v) for v in model._policy_state + model._example_state]

@@ -19,7 +19,7 @@ pytestmark = [pytest.mark.backends, pytest.mark.skipif(
 
 SCRIPT = os.path.join(os.path.dirname(__file__), "data_parallel_script.py")
 
-# Measured on the 2-core CPU machine: weights differ by at most 2.2e-6 (the
+# Measured on the 2-core CPU machine: weights differ by at most 2.6e-6 (the
 # all-reduce sums the two devices' halves in another order), losses by 2.4e-7.
 WEIGHT_TOLERANCE = 1e-5
 LOSS_TOLERANCE = 1e-5
@@ -43,7 +43,7 @@ def test_two_devices_are_used(report):
                for name in report if isinstance(report[name], dict))
 
 
-@pytest.mark.parametrize("policy", ["pgd", "free", "prior", "mart", "atas", "sam"])
+@pytest.mark.parametrize("policy", ["pgd", "free", "prior", "atas", "sam"])
 def test_data_parallel_matches_one_device(report, policy):
     result = report[policy]
     assert result["moved"] > 0.05  # training really changed the weights
@@ -56,5 +56,5 @@ def test_data_parallel_matches_one_device(report, policy):
         assert diffs[key] == 0.0, (key, diffs[key])
     # Free's δ, prior-guided FGSM's carried δ and momentum, ATAS' per-example memory:
     # the step sees the global batch, so the state is the single-device state
-    # (measured: at most 1.5e-5, prior-guided FGSM's sign-free momentum average).
+    # (measured: at most 1.3e-6, prior-guided FGSM's carried momentum).
     assert result["state_max_abs_diff"] < 1e-4

@@ -20,9 +20,25 @@ def mixed_precision(request):
     keras.mixed_precision.set_global_policy("float32")
 
 
-@pytest.mark.parametrize("mixed_precision", [pytest.param("mixed_float16", marks=pytest.mark.backends),
-                                             "mixed_bfloat16"], indirect=True)
-@pytest.mark.parametrize("policy", ALL, ids=lambda p: type(p).__name__)
+# The pass on the second backend takes float16 (loss scaling) with one policy of each
+# kind: an attack loop, replays, accumulated gradients, carried state, clean outputs, a
+# per-example memory.
+SECOND_PASS = (policies.PGD, policies.FreeAdversarial, policies.FreeLB, policies.MART,
+               policies.ATAS)
+
+
+def _mixed_precision_cases():
+    cases = []
+    for precision in ("mixed_float16", "mixed_bfloat16"):
+        for index, policy in enumerate(ALL):
+            second = precision == "mixed_float16" and (
+                isinstance(policy, SECOND_PASS) or index == 8)  # index 8: batch-prior FGSM
+            cases.append(pytest.param(precision, policy, marks=[pytest.mark.backends] if second else [],
+                                      id=f"{type(policy).__name__}{index}-{precision}"))
+    return cases
+
+
+@pytest.mark.parametrize("mixed_precision,policy", _mixed_precision_cases(), indirect=["mixed_precision"])
 def test_mixed_precision_every_policy(mixed_precision, policy, small_batch):
     x, y = small_batch
     model = kb.BidirectionalModel(tiny_cnn(), policy, seed=0)
