@@ -149,18 +149,14 @@ def fori_loop(lower, upper, body, init):
     inside a stateless scope (a jitted step) the scope's values travel in the
     loop's carry; outside any trace the loop runs in Python.
     """
-    if isinstance(lower, int) and isinstance(upper, int) and upper - lower <= UNROLL_UP_TO:
-        value = init  # unrolled: XLA's CPU loops ran free-4 27x slower per update (measured)
+    python_bounds = isinstance(lower, int) and isinstance(upper, int)
+    scope = private.stateless_scope()
+    if python_bounds and (upper - lower <= UNROLL_UP_TO or (scope is None and not _tracing(init))):
+        value = init
         for i in range(lower, upper):
             value = body(i, value)
         return value
-    scope = private.stateless_scope()
     if scope is None:
-        if isinstance(lower, int) and isinstance(upper, int) and not _tracing(init):
-            value = init
-            for i in range(lower, upper):
-                value = body(i, value)
-            return value
         scope = _Scope()
         with scope:
             return fori_loop(lower, upper, body, init)

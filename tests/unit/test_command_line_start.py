@@ -10,9 +10,10 @@ ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
 EXAMPLES = ["add_to_existing_model", "cifar10_fast_at", "mnist_pgd", "text_freelb"]
 
 
-def _timed(args):
+def _timed(args, env=None):
     start = time.perf_counter()
-    result = subprocess.run(args, capture_output=True, text=True, timeout=120, cwd=ROOT)
+    result = subprocess.run(args, capture_output=True, text=True, timeout=120, cwd=ROOT,
+                            env=None if env is None else {**os.environ, **env})
     return result, time.perf_counter() - start
 
 
@@ -47,8 +48,17 @@ def test_tensorflow_start_up_log_is_hidden_unless_verbose():
             "import tensorflow as tf\nprint(float(tf.constant(2.0) + 1), file=sys.stderr)")
     # (Without the helper the same program prints the absl / oneDNN / CUDA block twice and a
     # `failed call to cuInit` error line on a machine without a GPU.)
-    quiet, _ = _timed([sys.executable, "-c", code.format(False)])
+    quiet, _ = _timed([sys.executable, "-c", code.format(False)], {"KERAS_BACKEND": "tensorflow"})
     assert quiet.returncode == 0 and quiet.stderr.strip() == "3.0", quiet.stderr
+
+
+def test_jax_start_is_quiet_and_does_not_load_tensorflow():
+    code = ("import keras_bidir_cli, sys\nkeras_bidir_cli.import_quietly()\n"
+            "import keras_bidir, jax\nprint(float(jax.numpy.asarray(2.0) + 1), file=sys.stderr)\n"
+            "print('tensorflow' in sys.modules)")
+    run, _ = _timed([sys.executable, "-c", code], {"KERAS_BACKEND": "jax"})
+    assert run.returncode == 0 and run.stderr.strip() == "3.0", run.stderr
+    assert run.stdout.strip() == "False"
 
 
 def test_plot_without_matplotlib_is_not_announced(monkeypatch, tmp_path, capsys):
