@@ -621,9 +621,7 @@ class BidirectionalModel(keras.Model):
         if x is not None:
             x_batch, labeled, x = data_utils.peek_inputs(x, batch_size, y)
             if not labeled and self.policy.requires_labels:
-                raise ValueError(
-                    f"{type(self.policy).__name__} follows the loss gradient and needs "
-                    "labels: pass (x, y) or (x, y, sample_weight) batches to fit().")
+                raise trainer.missing_labels_error(self.policy)
             inputs_batch, _ = example_index.split(x_batch)
             self._check_data(inputs_batch)
             self.build_policy_state(inputs_batch)

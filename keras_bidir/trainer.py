@@ -91,6 +91,32 @@ def kept_statistics(statistics, fn):
     return result
 
 
+def missing_labels_error(policy):
+    """The error for a gradient-following policy given batches without labels."""
+    return ValueError(
+        f"{type(policy).__name__} follows the loss gradient and needs "
+        "labels: pass (x, y) or (x, y, sample_weight) batches to fit().")
+
+
+def run_step(model, data, replay):
+    """The `Step` calls in order; `replay` (the backend's loop) makes a replay policy's updates 2..m.
+
+    Attack policies (FGSM, PGD, TRADES, ...) make one weight update from the
+    perturbation they generated; replay policies (FreeAdversarial, FreeLB) make
+    `replays` updates, each moving the perturbation with the input gradient of
+    the one before.
+
+    Returns:
+        The step's logs.
+    """
+    step = Step(model, data)
+    adversarial, state = step.start()
+    adversarial, state, finite, gradients, clean_outputs = step.weight_update(adversarial, state)
+    if model.policy.kind == "replay":
+        state, finite = replay(step, adversarial, state, finite, gradients)
+    return step.finish(finite, state, clean_outputs)
+
+
 class Step:
     """One training step of a `BidirectionalModel` on one batch.
 
@@ -108,10 +134,7 @@ class Step:
                 f"{type(policy).__name__} keeps a memory per training example and needs each "
                 "example's index in the batch (keras_bidir.example_index).")
         if y is None and policy.requires_labels:
-            raise ValueError(
-                f"{type(policy).__name__} follows the loss gradient and needs "
-                "labels: pass (x, y) or (x, y, sample_weight) batches to fit()."
-            )
+            raise missing_labels_error(policy)
         if model.optimizer is not None and not model.optimizer.built:
             # Build now (Keras would on the first apply) so that loss scaling reads
             # the live dynamic scale, not the initial constant.

@@ -317,21 +317,12 @@ def _stateful(model, state, run, optimizer=True):
 def train_step(model, state, data):
     """The JAX training step: `(logs, state)` from `(state, data)`, as Keras' JAX trainer.
 
-    The same `keras_bidir.trainer.Step` calls as the TensorFlow step; replay
-    policies' extra updates run in a `fori_loop` that threads the state.
+    `keras_bidir.trainer.run_step`, as on TensorFlow, inside the state's scope;
+    replay policies' extra updates run in a `fori_loop` that threads the state.
     """
-    from keras_bidir.trainer import Step
+    from keras_bidir.trainer import run_step
 
-    def run():
-        step = Step(model, data)
-        adversarial, policy_state = step.start()
-        adversarial, policy_state, finite, gradients, clean_outputs = step.weight_update(
-            adversarial, policy_state)
-        if model.policy.kind == "replay":
-            policy_state, finite = _replay(step, adversarial, policy_state, finite, gradients)
-        return step.finish(finite, policy_state, clean_outputs)
-
-    return _stateful(model, state, run)
+    return _stateful(model, state, lambda: run_step(model, data, _replay))
 
 
 def _replay(step, adversarial, state, finite, gradients):

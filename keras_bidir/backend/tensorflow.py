@@ -34,21 +34,10 @@ def value_and_gradients(fn, variables, tensors):
 
 
 def train_step(model, data):
-    """The TensorFlow training step: the `keras_bidir.trainer.Step` calls, in order.
+    """The TensorFlow training step: `keras_bidir.trainer.run_step` with a graph replay loop."""
+    from keras_bidir.trainer import run_step
 
-    Attack policies (FGSM, PGD, TRADES, ...) make one weight update from the
-    perturbation they generated; replay policies (FreeAdversarial, FreeLB) make
-    `replays` updates, each moving the perturbation with the input gradient of
-    the one before.
-    """
-    from keras_bidir.trainer import Step
-
-    step = Step(model, data)
-    adversarial, state = step.start()
-    adversarial, state, finite, gradients, clean_outputs = step.weight_update(adversarial, state)
-    if model.policy.kind == "replay":
-        state, finite = _replay(step, adversarial, state, finite, gradients)
-    return step.finish(finite, state, clean_outputs)
+    return run_step(model, data, _replay)
 
 
 def _replay(step, adversarial, state, finite, gradients):
