@@ -15,6 +15,7 @@ from keras_bidir.policies.divergence import MART
 from keras_bidir.policies.divergence import TRADES
 from keras_bidir.policies.divergence import VAT
 from keras_bidir.policies.embedding import FreeLB
+from keras_bidir.policies.fab import FABTargeted
 from keras_bidir.policies.free import FreeAdversarial
 from keras_bidir.policies import pieces
 from keras_bidir.policies.gradient import FGSM
@@ -89,6 +90,7 @@ __all__ = [
     "APGD",
     "APGDTargeted",
     "Square",
+    "FABTargeted",
     "FreeAdversarial",
     "FreeLB",
     "GaussianNoise",
