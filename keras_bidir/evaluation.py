@@ -172,10 +172,13 @@ class Judge:
         model: the model.
         kind: an `OutputKind` (see `describe`).
         output: the head scored, for multi-output models.
+        classes: the scored head's outputs per example (1 for a single logit).
     """
 
-    def __init__(self, model, kind, output=None):
+    def __init__(self, model, kind, output=None, classes=None):
         self.model, self.kind, self.output = model, kind, output
+        #: Logits (or probabilities) per example of the scored head.
+        self.classes = classes
         self.measure = "accuracy"
         if not kind.is_classification:
             loss = outputs_lib.compiled_loss(model, _loss_key(model, output))
@@ -192,7 +195,8 @@ class Judge:
             model, outputs, head(yb, output, model), from_logits,
             loss=outputs_lib.compiled_loss(model, _loss_key(model, output)),
         )
-        return cls(model, kind, output)
+        shape = np.shape(ops.convert_to_numpy(outputs))
+        return cls(model, kind, output, int(shape[-1]) if len(shape) > 1 else 1)
 
     def head(self, structure):
         """The scored head of outputs or labels."""
@@ -236,7 +240,7 @@ def _loss_key(model, output):
 
 
 def scores_under_attack(model, x, y, attack, judge=None, batch_size=512, loss=None, seed=0,
-                        verbose=0, epsilon=None, runners=None):
+                        verbose=0, epsilon=None, runners=None, rows=None):
     """Per-example scores under `attack`, worst case over its restarts.
 
     A PGD with `restarts=r` is run as r independent single-restart attacks and
@@ -256,11 +260,16 @@ def scores_under_attack(model, x, y, attack, judge=None, batch_size=512, loss=No
         epsilon: run the attack at this radius instead of its own (its step
             size scales along).
         runners: optional dict caching compiled attacks between calls.
+        rows: optional indices of the examples to score (a cascade's survivors).
 
     Returns:
-        A NumPy array, one entry per example: bool (classifiers) or the loss.
+        A NumPy array, one entry per example (per row): bool (classifiers)
+        or the loss.
     """
     judge = judge or Judge.describe(model, x, y, batch_size=batch_size)
+    if rows is not None:
+        return _scores_of_rows(model, x, y, attack, judge, batch_size, loss, seed, verbose,
+                               epsilon, runners, np.asarray(rows))
     runs, runner = 1, None
     if attack is not None:
         single, runs = _single_restart(attack)
@@ -292,6 +301,18 @@ def scores_under_attack(model, x, y, attack, judge=None, batch_size=512, loss=No
         run = np.concatenate(parts)
         result = run if result is None else judge.worst(result, run)
     return result
+
+
+def _scores_of_rows(model, x, y, attack, judge, batch_size, loss, seed, verbose, epsilon,
+                    runners, rows):
+    """`scores_under_attack` on `rows` only, padded to a batch size the backend compiles once."""
+    last = len(rows) % batch_size or batch_size
+    padded = np.concatenate([rows, np.repeat(rows[-1:], backend.batch_bucket(last) - last)])
+    take = lambda a: np.asarray(a)[padded]  # noqa: E731
+    scores = scores_under_attack(model, keras.tree.map_structure(take, x),
+                                 keras.tree.map_structure(take, y), attack, judge, batch_size,
+                                 loss, seed, verbose, epsilon, runners)
+    return scores[:len(rows)]
 
 
 def correct_under_attack(model, x, y, attack, batch_size=512, loss=None, seed=0, verbose=0,
@@ -349,6 +370,43 @@ def default_attacks(epsilon, clip_min=None, clip_max=None, norm="linf", task="mu
     return attacks
 
 
+SUITES = ("fast", "standard")
+
+
+def standard_attacks(epsilon, clip_min=None, clip_max=None, norm="linf", classes=10):
+    """AutoAttack's standard version at one radius (Croce and Hein, 2020), run in cascade.
+
+    APGD-CE (100 steps), APGD-T (targeted DLR, 100 steps per target), FAB-T
+    (100 steps per target) and Square (5,000 queries), with 9 target classes
+    (fewer when the model has fewer). With fewer than four classes the
+    targeted DLR is undefined and APGD-DLR takes APGD-T's place; a single
+    binary logit has no target class for FAB-T, which is left out.
+
+    Args:
+        epsilon: the radius.
+        clip_min: lower end of the valid data range, or None.
+        clip_max: upper end of the valid data range, or None.
+        norm: `"linf"` or `"l2"`.
+        classes: the model's number of output logits (1 for a single binary logit).
+
+    Returns:
+        `{name: attack}` in AutoAttack's order.
+    """
+    from keras_bidir import policies
+
+    common = {"norm": norm, "clip_min": clip_min, "clip_max": clip_max}
+    targets = max(1, min(9, classes - 1))
+    attacks = {"APGD-CE": policies.APGD(epsilon, steps=100, loss="ce", **common)}
+    if classes >= 4:
+        attacks["APGD-T"] = policies.APGDTargeted(epsilon, steps=100, targets=targets, **common)
+    else:
+        attacks["APGD-DLR"] = policies.APGD(epsilon, steps=100, loss="dlr", **common)
+    if classes >= 2:
+        attacks["FAB-T"] = policies.FABTargeted(epsilon, steps=100, targets=targets, **common)
+    attacks["Square"] = policies.Square(epsilon, queries=5000, **common)
+    return attacks
+
+
 def _input_gradient_health(model, x, y, batch_size, loss=None):
     """Fraction of examples whose input gradient is all zero / non-finite."""
     zero = nonfinite = 0
@@ -390,8 +448,19 @@ def evaluate_robustness(
     verbose=1,
     output=None,
     from_logits=None,
+    suite="fast",
+    cascade=None,
 ):
     """Clean and robust accuracy (or loss, for regression) under a set of attacks.
+
+    Two suites: `"standard"`, AutoAttack's standard version (APGD-CE, APGD-T,
+    FAB-T, Square; see `standard_attacks`), the set reviewers and RobustBench
+    accept and the one to report; and `"fast"` (the default: FGSM, PGD-20×2,
+    APGD-CE, APGD-DLR; see `default_attacks`), a quicker check while
+    developing. In a cascade (the standard suite's way) each attack runs only
+    on the examples every earlier attack, and the smaller radii, left
+    robust: the per-attack figures are then the robust accuracy after that
+    attack, and the last one is the worst case.
 
     Robust accuracy per ε is the per-example worst case over all attacks (and
     over each attack's restarts). What the outputs are is decided from what
@@ -410,16 +479,19 @@ def evaluate_robustness(
       (or 10× the largest ε when the range is open) accuracy must fall
       towards 0;
     - `input_gradients`: input gradients must be finite and mostly non-zero;
-    - `gradient_free` (classifiers, when `attacks` holds a gradient-free attack
-      such as `policies.Square` beside gradient ones): its robust accuracy
-      must not be more than 2 points below the gradient attacks' worst case.
+    - `gradient_free` (classifiers, when the attacks hold a gradient-free
+      one such as `policies.Square` beside gradient ones): its robust
+      accuracy must not be more than 2 points below the gradient attacks'
+      worst case (in a cascade: it must not break more than 2% of the
+      examples the gradient attacks left robust).
 
     Args:
         model: a `BidirectionalModel`, its base model or any Keras model.
         data: `(x, y)` arrays, or a `tf.data.Dataset` / iterable of `(x, y)` batches.
         epsilons: list of radii.
-        attacks: None for `default_attacks`, or `{name: policy_at_any_epsilon}`;
-            each is re-scaled to every ε (step sizes scale along).
+        attacks: None for the suite's attacks, or your own
+            `{name: policy_at_any_epsilon}`; each is re-scaled to every ε
+            (step sizes scale along).
         norm: `"linf"` or `"l2"` for the default attacks.
         clip_min: lower end of the valid data range. Defaults to that of a
             BidirectionalModel's policy, else open.
@@ -433,6 +505,9 @@ def evaluate_robustness(
         from_logits: whether a classifier's outputs are logits (True) or
             probabilities (False), when neither its loss nor its output
             layer says.
+        suite: `"fast"` or `"standard"` (classifiers), when `attacks` is None.
+        cascade: run each attack only on the examples still robust (default:
+            True for the standard suite, else False; classifiers only).
 
     Returns:
         A `RobustnessReport`.
@@ -443,6 +518,10 @@ def evaluate_robustness(
     ...                                          epsilons=[0.1, 0.2, 0.3],
     ...                                          clip_min=0.0, clip_max=1.0)
     >>> print(report.to_markdown())
+    >>> standard = keras_bidir.evaluate_robustness(model, (x_test, y_test), [0.2],
+    ...                                            clip_min=0.0, clip_max=1.0,
+    ...                                            suite="standard")
+    >>> standard.summary()
     """
     import warnings
 
@@ -454,20 +533,96 @@ def evaluate_robustness(
     policy = getattr(model, "policy", None)
     if clip_min is None and clip_max is None and policy is not None:
         clip_min, clip_max = policy.clip_min, policy.clip_max
-    if attacks is None:
-        attacks = default_attacks(max(epsilons), clip_min, clip_max, norm, judge.kind.task)
+    common = {"norm": norm, "clip_min": clip_min, "clip_max": clip_max}
+    attacks, suite_name = _suite_attacks(suite, attacks, max(epsilons), common, judge)
+    cascade = suite_name == "standard" if cascade is None else bool(cascade)
+    if cascade and not judge.kind.is_classification:
+        raise ValueError("A cascade runs each attack on the examples still classified "
+                         "correctly; a regression model has none: pass cascade=False.")
     total = len(epsilons) * len(attacks) + (3 if checks else 0) + 1
     progress = keras.utils.Progbar(total, verbose=verbose, unit_name="attack") if verbose else None
     runners = {}
 
-    def run(attack, epsilon=None):
-        scores = scores_under_attack(model, x, y, attack, judge, batch_size, seed=seed,
-                                     epsilon=epsilon, runners=runners)
+    def run(attack, epsilon=None, rows=None):
+        scores = np.zeros(0, bool) if rows is not None and not len(rows) else \
+            scores_under_attack(model, x, y, attack, judge, batch_size, seed=seed,
+                                epsilon=epsilon, runners=runners, rows=rows)
         if progress is not None:
             progress.add(1)
         return scores
 
     clean = run(None)
+    sweep = _cascade if cascade else _independent
+    by_attack, worst_case, free_check, held = sweep(run, attacks, sorted(epsilons), clean, judge)
+    results = []
+    if checks:
+        results = _masking_checks(model, x, y, judge, run, epsilons, by_attack, common, batch_size,
+                                  max(0.01, 2.0 / _num_examples(y)))
+        if free_check is not None:
+            results.append(free_check)
+        for check in results:
+            if not check.passed:
+                warnings.warn(f"Gradient-masking check '{check.name}' failed: {check.message}", stacklevel=2)
+    report = RobustnessReport(judge.summary(clean), sorted(epsilons), by_attack, worst_case,
+                              results, _num_examples(y), norm, measure=judge.measure,
+                              output=output, suite=suite_name, cascade=cascade)
+    if judge.kind.is_classification and judge.output is None:
+        broken = np.flatnonzero(np.asarray(clean, bool) & ~np.asarray(held, bool))
+        report.example_finder = _ExampleFinder(model, x, y, attacks, max(epsilons), broken, judge,
+                                               seed)
+    return report
+
+
+class _ExampleFinder:
+    """Finds, on demand, examples the attacks flip at the largest ε (for `plot_examples`)."""
+
+    def __init__(self, model, x, y, attacks, epsilon, broken, judge, seed):
+        self.model, self.x, self.y, self.attacks = model, x, y, attacks
+        self.epsilon, self.broken, self.judge, self.seed = epsilon, broken, judge, seed
+
+    def __call__(self, count):
+        from keras_bidir import gallery
+
+        fallback = None if _has_compiled_loss(self.model) else self.judge.fallback_loss(self.y)
+        rows = self.broken[:4 * count]
+        parts = []
+        for name, attack in self.attacks.items():
+            if not rows.size or sum(len(p) for p in parts) >= count:
+                break
+            take = lambda a: np.asarray(a)[rows]  # noqa: E731
+            found = gallery.flipped_examples(
+                self.model, keras.tree.map_structure(take, self.x), take(self.y),
+                _single_restart(attack)[0], self.epsilon, count, self.judge.kind, name, self.seed,
+                fallback)
+            parts.append(found)
+            rows = np.delete(rows, found.index)
+        if not parts:
+            return gallery.FlippedExamples(np.zeros((0,)), np.zeros((0,)), [], [], [], "none",
+                                           self.epsilon)
+        return gallery.FlippedExamples.concatenate(parts)
+
+
+def _suite_attacks(suite, attacks, epsilon, common, judge):
+    """The attacks to run and the suite's name (`"custom"` for the user's own)."""
+    if suite not in SUITES:
+        raise ValueError(f"suite must be one of {SUITES}, got {suite!r}.")
+    if attacks is not None:
+        if not attacks:
+            raise ValueError("attacks is empty: pass at least one attack, or None for the suite.")
+        return dict(attacks), "custom"
+    if suite == "fast":
+        return default_attacks(epsilon, task=judge.kind.task, **common), suite
+    if not judge.kind.is_classification:
+        raise ValueError("suite='standard' (AutoAttack) measures classifiers; this regression "
+                         "model is reported by its loss under attack: use suite='fast'.")
+    if judge.output is not None:
+        raise ValueError("suite='standard' attacks a model with one classifier output; for "
+                         "several outputs use suite='fast' with output=<name>.")
+    return standard_attacks(epsilon, classes=judge.classes, **common), suite
+
+
+def _independent(run, attacks, epsilons, clean, judge):
+    """Every attack on every example: per-attack figures and the per-example worst case."""
     by_attack = {name: {} for name in attacks}
     worst_case, gradient_worst = {}, {}
     for eps in epsilons:
@@ -480,19 +635,53 @@ def evaluate_robustness(
                 with_gradients = judge.worst(with_gradients, scores)
         worst_case[eps] = judge.summary(worst)
         gradient_worst[eps] = judge.summary(with_gradients)
-    results = []
-    if checks:
-        common = {"norm": norm, "clip_min": clip_min, "clip_max": clip_max}
-        results = _masking_checks(model, x, y, judge, run, epsilons, by_attack, common, batch_size,
-                                  max(0.01, 2.0 / _num_examples(y)))
-        gradient_free = [n for n, a in attacks.items() if not getattr(a, "uses_gradients", True)]
-        if gradient_free and len(gradient_free) < len(attacks) and judge.kind.is_classification:
-            results.append(_gradient_free_check(epsilons, by_attack, gradient_free, gradient_worst))
-        for check in results:
-            if not check.passed:
-                warnings.warn(f"Gradient-masking check '{check.name}' failed: {check.message}", stacklevel=2)
-    return RobustnessReport(judge.summary(clean), epsilons, by_attack, worst_case, results,
-                            _num_examples(y), norm, measure=judge.measure, output=output)
+    free = [n for n, a in attacks.items() if not getattr(a, "uses_gradients", True)]
+    check = None
+    if free and len(free) < len(attacks) and judge.kind.is_classification:
+        check = _gradient_free_check(epsilons, by_attack, free, gradient_worst)
+    return by_attack, worst_case, check, worst
+
+
+def _cascade(run, attacks, epsilons, clean, judge):
+    """Each attack on the examples still robust (radii ascending: robust at ε needs robust below).
+
+    Returns the robust accuracy after each attack, the worst case, the
+    cascade's gradient-free check and which examples held at the largest ε.
+    """
+    by_attack = {name: {} for name in attacks}
+    worst_case, broken_without_gradients = {}, {}
+    robust = np.asarray(clean, bool).copy()
+    for eps in epsilons:
+        broken_without_gradients[eps] = 0
+        for name, attack in attacks.items():
+            rows = np.flatnonzero(robust)
+            held = run(attack, eps, rows)
+            if not getattr(attack, "uses_gradients", True):
+                broken_without_gradients[eps] += int(np.sum(~held))
+            robust[rows] = held
+            by_attack[name][eps] = float(np.mean(robust))
+        worst_case[eps] = float(np.mean(robust))
+    free = [n for n, a in attacks.items() if not getattr(a, "uses_gradients", True)]
+    check = None
+    if free and len(free) < len(attacks):
+        shares = {e: b / len(robust) for e, b in broken_without_gradients.items()}
+        check = _cascade_gradient_free_check(shares, free)
+    return by_attack, worst_case, check, robust
+
+
+def _cascade_gradient_free_check(shares, names, margin=0.02):
+    """Fails where the gradient-free attacks broke > `margin` of the examples in a cascade."""
+    bad = {e: v for e, v in shares.items() if v > margin}
+    text = ", ".join(f"ε={e:g}: {v:.1%}" for e, v in sorted(bad.items()))
+    return Check(
+        "gradient_free", not bad,
+        f"the gradient-free attacks ({', '.join(names)}) broke at most {margin:.0%} of the "
+        "examples the gradient attacks left robust" if not bad else
+        f"the gradient-free attacks ({', '.join(names)}) broke more than {margin:.0%} of the "
+        f"examples every gradient attack left robust ({text}): the gradients mislead the "
+        "attacks (gradient masking), so gradient-based figures overstate robustness.",
+        {str(e): v for e, v in shares.items()},
+    )
 
 
 def _gradient_free_check(epsilons, by_attack, names, gradient_worst, margin=0.02):

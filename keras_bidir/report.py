@@ -37,6 +37,9 @@ class RobustnessReport:
         num_examples: examples evaluated.
         norm: the attacks' norm.
         output: the evaluated output head (None for single-output models).
+        suite: `"standard"`, `"fast"` or `"custom"` (the attacks' origin).
+        cascade: whether each attack ran only on the examples still robust;
+            then `by_attack` holds the robust accuracy after each attack.
 
     Classifier reports also answer `clean_accuracy`, `accuracy` and
     `robust_accuracy`; regression reports `clean_loss`, `loss` and
@@ -44,7 +47,7 @@ class RobustnessReport:
     """
 
     def __init__(self, clean, epsilons, by_attack, worst_case, checks, num_examples, norm,
-                 measure="accuracy", output=None):
+                 measure="accuracy", output=None, suite=None, cascade=False):
         self.clean = clean
         self.epsilons = list(epsilons)
         self.by_attack = by_attack
@@ -54,6 +57,11 @@ class RobustnessReport:
         self.norm = norm
         self.measure = measure
         self.output = output
+        self.suite = suite
+        self.cascade = bool(cascade)
+        #: Finds flipped examples on demand (set by `evaluate_robustness` for classifiers).
+        self.example_finder = None
+        self._examples = {}
 
     @property
     def is_accuracy(self):
@@ -105,9 +113,40 @@ class RobustnessReport:
         """A value of the measure as text: a percentage or a loss."""
         return f"{value:.1%}" if self.is_accuracy else f"{value:.4g}"
 
+    def summary(self):
+        """The figures a paper or RobustBench reports: clean, robust, ε, norm, examples.
+
+        Returns:
+            A dict: `clean_accuracy`, `robust_accuracy` (`{epsilon: value}`),
+            `epsilons`, `norm`, `num_examples`, `suite` and `attacks`
+            (regression reports: `clean_loss` and `worst_loss`).
+        """
+        key = "accuracy" if self.is_accuracy else "loss"
+        return {
+            f"clean_{key}": self.clean,
+            "robust_accuracy" if self.is_accuracy else "worst_loss": dict(self.worst_case),
+            "epsilons": list(self.epsilons),
+            "norm": self.norm,
+            "num_examples": self.num_examples,
+            "suite": self.suite,
+            "attacks": list(self.by_attack),
+        }
+
+    def summary_line(self):
+        """`summary()` as one line of text."""
+        robust = ", ".join(f"{self.format(v)} at ε={e:g}" for e, v in self.worst_case.items())
+        kind = "robust" if self.is_accuracy else f"worst {self.measure}"
+        clean = "clean" if self.is_accuracy else f"clean {self.measure}"
+        suite = f"{self.suite} suite: " if self.suite else ""
+        return (f"{clean} {self.format(self.clean)}, {kind} {robust} ({self.norm}, "
+                f"{self.num_examples} examples; {suite}{', '.join(self.by_attack)}"
+                f"{', in cascade' if self.cascade else ''})")
+
     def to_dict(self):
         key = "accuracy" if self.is_accuracy else "loss"
         return {
+            "suite": self.suite,
+            "cascade": self.cascade,
             "num_examples": self.num_examples,
             "norm": self.norm,
             "measure": self.measure,
@@ -130,19 +169,59 @@ class RobustnessReport:
             "| " + " | ".join(header) + " |",
             "|" + "---|" * len(header),
         ]
+        after = "after " if self.cascade else ""
         for name, row in self.by_attack.items():
-            lines.append("| " + " | ".join([name] + [self.format(row[e]) for e in self.epsilons]) + " |")
+            lines.append("| " + " | ".join([after + name] + [self.format(row[e]) for e in self.epsilons])
+                         + " |")
         lines.append(
             "| **worst case** | "
             + " | ".join(f"**{self.format(self.worst_case[e])}**" for e in self.epsilons)
             + " |"
         )
         lines.append("")
+        if self.cascade:
+            lines.append("In cascade: each attack ran on the examples every earlier attack (and "
+                         "every smaller ε) left robust; each row is the robust accuracy after it.")
+            lines.append("")
+        lines.append(f"Summary: {self.summary_line()}")
+        lines.append("")
         lines.append("Gradient-masking checks:")
         for check in self.checks:
             mark = "pass" if check.passed else "FAIL"
             lines.append(f"- [{mark}] {check.name}: {check.message}")
         return "\n".join(lines)
+
+    def flipped_examples(self, count=8):
+        """Examples the attacks flip at the largest ε: a `gallery.FlippedExamples`.
+
+        Re-runs the attacks, in order, on the examples the evaluation found
+        broken (clean-correct, not robust), until `count` are found; cached.
+        """
+        if self.example_finder is None:
+            raise ValueError(
+                "This report has no examples to show: only reports of evaluate_robustness on a "
+                "classifier with one output have them (regression has no prediction to flip).")
+        if count not in self._examples:
+            self._examples[count] = self.example_finder(count)
+        return self._examples[count]
+
+    def plot_examples(self, path=None, count=8, class_names=None):
+        """A grid of flipped examples: clean input, adversarial input, perturbation, both labels.
+
+        Args:
+            path: where to save a PNG; None returns the figure unsaved.
+            count: at most this many examples (rows).
+            class_names: optional names of the classes, for the titles.
+
+        Returns:
+            The matplotlib figure.
+
+        Example:
+
+        >>> report = keras_bidir.evaluate_robustness(model, (x_test, y_test), [0.2])
+        >>> report.plot_examples("flipped.png")
+        """
+        return self.flipped_examples(count).plot(path, count, class_names)
 
     def plot(self, path=None):
         """The measure against ε, one curve per attack plus the worst case.

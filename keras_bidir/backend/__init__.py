@@ -43,6 +43,7 @@ _NAMES = (
     "all_replicas",
     "apply_if",
     "apply_loss_scaled",
+    "batch_bucket",
     "distributed",
     "fit_guard",
     "fori_loop",

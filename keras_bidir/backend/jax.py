@@ -254,6 +254,18 @@ def function(fn, jit_compile=False, state=None):
     return call
 
 
+def batch_bucket(count):
+    """The batch size to pad `count` examples to, so `jax.jit` compiles few shapes.
+
+    Sizes 2^k and 1.5·2^k: at most 1.5× the work, a handful of compilations.
+    """
+    size = 1
+    while size < count:
+        power_of_two = size & (size - 1) == 0
+        size = size + max(size // 2, 1) if power_of_two else size // 3 * 4
+    return size
+
+
 def accumulate(total, gradients, weight):
     """`total + weight * gradients`, elementwise; `total` None starts a sum."""
     scaled = [g * weight for g in gradients]

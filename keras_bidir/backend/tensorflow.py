@@ -110,6 +110,11 @@ def function(fn, jit_compile=False, state=None):
     return tf.function(fn, jit_compile=jit_compile, reduce_retracing=True)
 
 
+def batch_bucket(count):
+    """The batch size to pad `count` examples to: none (`function` retraces with a dynamic batch)."""
+    return count
+
+
 def fori_loop(lower, upper, body, init):
     """`keras.ops.fori_loop`: a graph loop (its body may assign variables)."""
     return keras.ops.fori_loop(lower, upper, body, init)

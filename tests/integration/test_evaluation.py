@@ -134,3 +134,39 @@ def test_gradient_free_check_flags_masking_that_square_sees_through(trained_plai
     check = next(c for c in masked.checks if c.name == "gradient_free")
     square, gradient = check.details["0.1"]
     assert not check.passed and square < gradient - 0.02 and "Square-300" in check.message
+
+
+def test_cascade_gradient_free_check_flags_masking(trained_plain, digits):
+    _, (x, y) = digits
+    attacks = {"PGD-10": policies.PGD(0.1, steps=10, **CLIP),
+               "Square-300": policies.Square(0.1, queries=300, **CLIP)}
+    honest = kb.evaluate_robustness(trained_plain, (x[:100], y[:100]), [0.1], attacks=attacks,
+                                    cascade=True, verbose=0)
+    assert honest.cascade and honest.suite == "custom"
+    assert next(c for c in honest.checks if c.name == "gradient_free").passed
+    with pytest.warns(UserWarning, match="'gradient_free' failed"):
+        masked = kb.evaluate_robustness(masked_copy(trained_plain), (x[:100], y[:100]), [0.1],
+                                        attacks=attacks, cascade=True, verbose=0)
+    check = next(c for c in masked.checks if c.name == "gradient_free")
+    # The share Square broke is the drop from the row before it to its own row.
+    rows = masked.accuracy
+    assert check.details["0.1"] == pytest.approx(rows["PGD-10"][0.1] - rows["Square-300"][0.1])
+    assert not check.passed and check.details["0.1"] > 0.02
+
+
+def test_standard_suite_and_its_refusals(trained_plain, digits):
+    _, (x, y) = digits
+    with pytest.raises(ValueError, match="suite must be one of"):
+        kb.evaluate_robustness(trained_plain, (x[:10], y[:10]), [0.1], suite="autoattack")
+    regressor = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(),
+                                  keras.layers.Dense(1)])
+    regressor.compile(loss="mse")
+    targets = x[:10].reshape(10, -1).mean(axis=1, keepdims=True)
+    with pytest.raises(ValueError, match="use suite='fast'"):
+        kb.evaluate_robustness(regressor, (x[:10], targets), [0.1], suite="standard")
+    with pytest.raises(ValueError, match="pass cascade=False"):
+        kb.evaluate_robustness(regressor, (x[:10], targets), [0.1], cascade=True)
+    attacks = kb.evaluation.standard_attacks(0.1, norm="l2", classes=3)
+    assert list(attacks) == ["APGD-CE", "APGD-DLR", "FAB-T", "Square"]
+    assert attacks["FAB-T"].targets == 2 and attacks["Square"].norm == "l2"
+    assert "FAB-T" not in kb.evaluation.standard_attacks(0.1, classes=1)
