@@ -8,6 +8,7 @@ FGSM, PGD or free adversarial training).
 from keras_bidir import callbacks
 from keras_bidir import datasets
 from keras_bidir import example_index
+from keras_bidir import gallery
 from keras_bidir import evaluation
 from keras_bidir import layers
 from keras_bidir import policies
@@ -26,6 +27,7 @@ __all__ = [
     "evaluate_robustness",
     "evaluation",
     "example_index",
+    "gallery",
     "layers",
     "policies",
     "recipes",

@@ -364,42 +364,115 @@ class PerturbationStats(keras.callbacks.Callback):
     fraction of examples whose predicted class the perturbation changes;
     classifiers with one output only).
 
+    With `log_dir`, it also draws what the policy does, every `images_every`
+    epochs, to TensorBoard: for a model perturbed at an input, the grid of
+    `gallery.FlippedExamples` (clean input, perturbed input, perturbation,
+    both labels) of the held examples whose prediction flipped; for a model
+    perturbed at a `PerturbationPoint`, the tokens whose embeddings moved
+    most (`gallery.token_shifts`), as text.
+
     Args:
         x: the held batch (inputs).
         y: its labels.
         every: log every `every` epochs.
         from_logits: whether the outputs are logits, when neither the
             compiled loss nor the output layer says (see `RobustAccuracy`).
+        log_dir: TensorBoard directory for the pictures (None: no pictures).
+        images_every: draw every this many epochs.
+        count: at most this many examples per picture.
+        class_names: optional class names for the titles.
+        vocabulary: optional list mapping token ids to strings (text models).
+
+    Example:
+
+    >>> stats = keras_bidir.callbacks.PerturbationStats(x_val[:64], y_val[:64],
+    ...                                                 log_dir="logs", images_every=5)
     """
 
-    def __init__(self, x=None, y=None, every=1, from_logits=None):
+    def __init__(self, x=None, y=None, every=1, from_logits=None, log_dir=None, images_every=1,
+                 count=8, class_names=None, vocabulary=None):
         super().__init__()
         self.x, self.y = x, y
         self.every = check_count("every", every)
         self.from_logits = from_logits
+        self.log_dir = None if log_dir is None else str(log_dir)
+        self.images_every = check_count("images_every", images_every)
+        self.count = check_count("count", count)
+        self.class_names = None if class_names is None else list(class_names)
+        self.vocabulary = vocabulary
+        self._writer = None
 
     def on_epoch_end(self, epoch, logs=None):
-        if logs is None or (epoch + 1) % self.every:
+        pictures = self.log_dir is not None and (epoch + 1) % self.images_every == 0
+        if (logs is None or (epoch + 1) % self.every) and not pictures:
             return
         model = _bidirectional(self.model, "PerturbationStats")
         if self.x is None:
             raise ValueError("PerturbationStats needs a held batch: x=..., y=....")
         seen = model.inspect(self.x, self.y)
+        if pictures:
+            self._draw(model, seen, epoch + 1)
+        if logs is None or (epoch + 1) % self.every:
+            return
         if seen["input_gradient_norm"] is not None:
             logs["input_gradient_norm"] = seen["input_gradient_norm"]
         logs["held_perturbation_norm"] = seen["perturbation_norm"]
-        outputs = seen["outputs"]
-        if keras.tree.is_nested(outputs) or self.y is None:
-            return  # No single prediction to flip.
-        kind = outputs_lib.describe_outputs(model, outputs, self.y, self.from_logits)
-        if not kind.is_classification:
-            return  # A regression model has no class to flip.
-        before = kind.predict(ops.convert_to_numpy(outputs))
+        kind = self._kind(model, seen)
+        if kind is None:
+            return  # No single class prediction to flip.
+        before = kind.predict(ops.convert_to_numpy(seen["outputs"]))
         after = kind.predict(ops.convert_to_numpy(seen["attacked_outputs"]))
         logs["flip_rate"] = float(np.mean(before != after))
 
+    def _kind(self, model, seen):
+        """The outputs' kind for a single-output classifier, else None."""
+        if keras.tree.is_nested(seen["outputs"]) or self.y is None:
+            return None
+        kind = outputs_lib.describe_outputs(model, seen["outputs"], self.y, self.from_logits)
+        return kind if kind.is_classification else None
+
+    def _draw(self, model, seen, step):
+        from keras_bidir import gallery
+        from keras_bidir.tensorboard import SummaryWriter
+
+        if self._writer is None:
+            self._writer = SummaryWriter(self.log_dir)
+        names = seen["site_names"]
+        points = [i for i, n in enumerate(names) if isinstance(n, str)]
+        if points:  # embeddings at PerturbationPoints: which tokens moved
+            ids = next((a for a in keras.tree.flatten(self.x)
+                        if np.issubdtype(np.asarray(a).dtype, np.integer)), None)
+            for i in points:
+                clean = ops.convert_to_numpy(seen["clean_sites"][i])
+                if ids is None or clean.ndim != 3:
+                    continue
+                shifts = gallery.token_shifts(clean, ops.convert_to_numpy(
+                    seen["adversarial_sites"][i]), np.asarray(ids)[:, :clean.shape[1]],
+                    vocabulary=self.vocabulary)
+                self._writer.text(f"perturbation/tokens_moved_most/{names[i]}",
+                                  gallery.format_token_shifts(shifts[:self.count]), step)
+            return
+        kind = self._kind(model, seen)
+        if kind is None or len(names) != 1:
+            return
+        labels = kind.labels(self.y)
+        before = kind.predict(ops.convert_to_numpy(seen["outputs"]))
+        after = kind.predict(ops.convert_to_numpy(seen["attacked_outputs"]))
+        keep = np.flatnonzero((before == labels) & (after != labels))[:self.count]
+        if not keep.size:
+            return
+        flipped = gallery.FlippedExamples(
+            ops.convert_to_numpy(seen["clean_sites"][0])[keep],
+            ops.convert_to_numpy(seen["adversarial_sites"][0])[keep], labels[keep],
+            before[keep], after[keep], type(model.policy).__name__,
+            getattr(model.policy, "epsilon", float("nan")))
+        self._writer.image("perturbation/flipped_examples",
+                           flipped.to_image(self.count, self.class_names), step)
+
     def get_config(self):
-        return {"every": self.every, "from_logits": self.from_logits}
+        return {"every": self.every, "from_logits": self.from_logits, "log_dir": self.log_dir,
+                "images_every": self.images_every, "count": self.count,
+                "class_names": self.class_names, "vocabulary": self.vocabulary}
 
     @classmethod
     def from_config(cls, config):

@@ -735,7 +735,10 @@ class BidirectionalModel(keras.Model):
             inference mode, on the clean and on the perturbed batch),
             `perturbation_norm` (mean per-example norm of x̃ − x in the
             policy's norm) and `input_gradient_norm` (mean per-example L2 norm
-            of the loss gradient at the clean batch; None without labels).
+            of the loss gradient at the clean batch; None without labels),
+            and per perturbed site `clean_sites` and `adversarial_sites` (the
+            values before and after the policy) with `site_names` (input
+            positions in `tree.flatten(x)`, then PerturbationPoint names).
         """
         if self._bidir_attack_loss is None:
             raise RuntimeError("Compile the model before calling inspect().")
@@ -759,6 +762,9 @@ class BidirectionalModel(keras.Model):
             "perturbation_norm": float(ops.convert_to_numpy(
                 trainer.perturbation_norm(self.policy.norm, clean, adversarial))),
             "input_gradient_norm": gradient_norm,
+            "clean_sites": clean,
+            "adversarial_sites": adversarial,
+            "site_names": list(sites.input_indices) + list(sites.point_names),
         }
 
     def train_step(self, *args):
