@@ -106,9 +106,11 @@ def _add_demo(sub):
 def _add_evaluate(sub):
     evaluate = sub.add_parser(
         "evaluate",
-        help="robust accuracy of a saved model under the default attack set",
-        description="Evaluates a saved .keras model with FGSM, PGD-20x2, APGD-CE and "
-        "APGD-DLR, reports the per-example worst case and runs gradient-masking checks.",
+        help="robust accuracy of a saved model under AutoAttack's standard suite",
+        description="Evaluates a saved .keras model with AutoAttack's standard suite (APGD-CE, "
+        "APGD-T, FAB-T, Square, in cascade) or the fast set (FGSM, PGD-20x2, APGD-CE, "
+        "APGD-DLR), reports the worst case, runs gradient-masking checks and draws flipped "
+        "examples.",
     )
     evaluate.add_argument("model", help="path to a .keras file (BidirectionalModel or plain)")
     evaluate.add_argument("--data", default="digits", choices=["digits", "mnist_5k", "mnist", "cifar10"],
@@ -117,6 +119,9 @@ def _add_evaluate(sub):
     evaluate.add_argument("--epsilons", type=_positive_float, nargs="+", default=[0.1, 0.2, 0.3],
                           metavar="EPS")
     evaluate.add_argument("--norm", default="linf", choices=["linf", "l2"])
+    evaluate.add_argument("--suite", default="standard", choices=["standard", "fast"],
+                          help="standard: AutoAttack's, the figures to report (default); fast: "
+                          "FGSM, PGD-20x2, APGD-CE, APGD-DLR on every example, a quicker check")
     evaluate.add_argument("--limit", type=_positive_int, default=None,
                           help="evaluate only the first N test examples")
     evaluate.add_argument("--batch-size", type=_positive_int, default=256)
@@ -125,7 +130,8 @@ def _add_evaluate(sub):
                           "whose compiled loss and output layer do not say")
     evaluate.add_argument("--no-checks", action="store_true", help="skip the gradient-masking checks")
     evaluate.add_argument("--output-dir", default="outputs/evaluate",
-                          help="where report.json and robustness.png go (default: outputs/evaluate)")
+                          help="where report.json, robustness.png and examples.png go (default: "
+                          "outputs/evaluate)")
     evaluate.add_argument("--unsafe", action="store_true",
                           help="load with safe_mode=False (only for files you trust: allows lambdas)")
 
@@ -134,6 +140,11 @@ def add_bench_arguments(parser):
     """The arguments of `keras-bidir bench` (also `python -m keras_bidir.apps.benchmark`)."""
     parser.add_argument("--quality", action="store_true",
                         help="robustness against training time (the frontier) instead of step time")
+    parser.add_argument("--evaluation", action="store_true",
+                        help="AutoAttack's standard suite against the fast set on the digits "
+                        "protocol's models (default: pgd7 trades7): figures and time")
+    parser.add_argument("--eval-epsilons", type=_positive_float, nargs="+", default=[0.2],
+                        metavar="EPS", help="--evaluation: the radii (default: 0.2)")
     parser.add_argument("--configs", nargs="+", default=None,
                         choices=sorted(set(BENCH_CONFIGS) | set(QUALITY_CONFIGS)),
                         help="configurations to run (plain is always included); default: all "

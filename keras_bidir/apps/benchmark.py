@@ -271,6 +271,8 @@ def run(args):
           f"(backend: {info['backend']})")
     if args.quality:
         return _run_frontier(args, info, command)
+    if args.evaluation:
+        return _run_evaluation(args, info, command)
     configs = args.configs or list(CONFIGS)
     unknown = [n for n in configs if n not in CONFIGS]
     if unknown:
@@ -329,6 +331,21 @@ def _run_frontier(args, info, command):
     image = os.path.join(args.output_dir, "frontier.png")
     if frontier.plot(list(results.values()), image):
         print(f"Plot: {image}")
+    return 0
+
+
+def _run_evaluation(args, info, command):
+    """`--evaluation`: the standard suite against the fast set, figures and time."""
+    from keras_bidir.apps import evaluation_bench
+
+    payload = evaluation_bench.run(args.configs, args.eval_epsilons)
+    payload.update(machine=info, command=command)
+    path = os.path.join(args.output_dir, "evaluation.json")
+    with open(path, "w") as handle:
+        json.dump(payload, handle, indent=2)
+    print()
+    print(evaluation_bench.table(payload))
+    print(f"\nJSON: {path}")
     return 0
 
 

@@ -49,7 +49,7 @@ def _evaluate(args):
         x_test, y_test = x_test[: args.limit], y_test[: args.limit]
     report = evaluate_robustness(
         model, (x_test, y_test), args.epsilons, norm=args.norm, clip_min=0.0, clip_max=1.0,
-        batch_size=args.batch_size, checks=not args.no_checks,
+        batch_size=args.batch_size, checks=not args.no_checks, suite=args.suite,
         from_logits=None if args.from_logits is None else args.from_logits == "true",
     )
     print()
@@ -62,6 +62,10 @@ def _evaluate(args):
     try:
         report.plot(plot_path)
         print(f"\nPlot: {plot_path}")
+        if report.example_finder is not None and len(report.flipped_examples()):
+            examples_path = os.path.join(args.output_dir, "examples.png")
+            report.plot_examples(examples_path)
+            print(f"Flipped examples: {examples_path}")
     except ImportError as error:
         print(f"\n{error}")
     print(f"Report: {json_path}")

@@ -109,14 +109,29 @@ def run_demo(
         rows[label] = {"train_seconds": seconds, "epochs": run_epochs}
 
     print(
-        "\nEvaluating on the test set: the protocol's PGD-20 (2 restarts), and the worst case"
-        " per example over FGSM, PGD-20x2, APGD-CE and APGD-DLR (evaluate_robustness)"
+        "\nEvaluating on the test set: the protocol's PGD-20 (2 restarts) and the fast suite's"
+        " worst case (FGSM, PGD-20x2, APGD-CE, APGD-DLR) at every ε; AutoAttack's standard suite"
+        f" (APGD-CE, APGD-T, FAB-T, Square, in cascade) at the training ε={epsilon:g}"
     )
     for label, model in models.items():
         report = evaluate_robustness(
             model, (x_test, y_test), epsilons, clip_min=0.0, clip_max=1.0, seed=seed,
             checks=checks, verbose=1 if verbose != 2 else 0,
         )
+        standard = evaluate_robustness(
+            model, (x_test, y_test), [epsilon], clip_min=0.0, clip_max=1.0, seed=seed,
+            checks=False, verbose=1 if verbose != 2 else 0, suite="standard",
+        )
+        rows[label]["standard"] = {"epsilon": epsilon,
+                                   "robust_accuracy": standard.robust_accuracy[epsilon],
+                                   "summary": standard.summary_line()}
+        if label == "bidirectional":
+            examples = standard.flipped_examples()
+            if len(examples) and plot:
+                try:
+                    examples.plot(os.path.join(output_dir, "flipped_examples.png"))
+                except ImportError:
+                    pass
         rows[label]["clean_accuracy"] = report.clean_accuracy
         rows[label]["pgd20x2_accuracy"] = {str(e): report.accuracy["PGD-20x2"][e] for e in epsilons}
         rows[label]["robust_accuracy"] = {str(e): report.robust_accuracy[e] for e in epsilons}
@@ -135,6 +150,9 @@ def run_demo(
                          type(train_policy).__name__)
         if path is not None:
             print(f"\nPlot: {path}")
+        flipped = os.path.join(output_dir, "flipped_examples.png")
+        if os.path.exists(flipped):
+            print(f"Flipped examples (AutoAttack, ε={epsilon:g}): {flipped}")
     model_path = os.path.join(output_dir, "bidirectional.keras")
     print(f"Models: {os.path.join(output_dir, 'plain.keras')}, {model_path}")
     print(f"\nEvaluate the robust model again (any radii):\n  {evaluate_command(model_path)}")
@@ -156,8 +174,10 @@ def evaluate_command(model_path):
 
 def format_table(rows, epsilons, policy_name):
     """A Markdown table of the demo's results."""
+    standard = next(iter(rows.values())).get("standard")
     header = (["model", "clean acc"]
               + [f"ε={e}: PGD-20x2 / worst" for e in epsilons]
+              + ([f"AutoAttack ε={standard['epsilon']:g}"] if standard else [])
               + ["train s", "masking checks"])
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for label, row in rows.items():
@@ -167,6 +187,8 @@ def format_table(rows, epsilons, policy_name):
             f"{row['pgd20x2_accuracy'][str(e)]:.1%} / {row['robust_accuracy'][str(e)]:.1%}"
             for e in epsilons
         ]
+        if standard:
+            cells.append(f"**{row['standard']['robust_accuracy']:.1%}**")
         cells.append(f"{row['train_seconds']:.1f}")
         checked = row.get("checks_passed")
         cells.append("n/a" if checked is None else ("pass" if checked else "FAIL"))

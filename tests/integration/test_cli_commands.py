@@ -43,6 +43,11 @@ def test_demo_smoke(demo_run, capsys):
         worst, pgd = row["robust_accuracy"]["0.2"], row["pgd20x2_accuracy"]["0.2"]
         assert 0.0 <= worst <= pgd <= row["clean_accuracy"] <= 1.0
         assert set(row["attacks"]) == {"FGSM", "PGD-20x2", "APGD-CE", "APGD-DLR"}
+        # AutoAttack's standard suite at the training ε: at least as strong as the fast set.
+        assert row["standard"]["epsilon"] == 0.2 and "standard suite" in row["standard"]["summary"]
+        assert row["standard"]["robust_accuracy"] <= pgd + 0.02
+    assert os.path.getsize(out / "flipped_examples.png") > 1000
+    assert "AutoAttack ε=0.2" in demo_run[1]
 
 
 def test_evaluate_command(demo_run, tmp_path, capsys):
@@ -56,10 +61,12 @@ def test_evaluate_command(demo_run, tmp_path, capsys):
     code = cli.main(args + ["--limit", "100", "--output-dir", str(out), "--no-checks"])
     assert code == 0
     printed = capsys.readouterr().out
-    assert "**worst case**" in printed and "| APGD-DLR |" in printed
+    assert "**worst case**" in printed and "| after APGD-T |" in printed
     report = json.loads((out / "report.json").read_text())
     assert report["num_examples"] == 100 and set(report["robust_accuracy"]) == {"0.1", "0.2"}
+    assert report["suite"] == "standard" and report["cascade"]
     assert (out / "robustness.png").stat().st_size > 1000
+    assert (out / "examples.png").stat().st_size > 1000
 
 
 def test_evaluate_missing_file_is_a_clear_error(tmp_path):
