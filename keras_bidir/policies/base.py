@@ -53,6 +53,14 @@ def check_count(name, value, minimum=1):
     return int(value)
 
 
+def single_site(policy, context, inputs):
+    """`(site, clip flag)` of an attack that searches one tensor (Square, FAB-T); else a clear error."""
+    if len(inputs) != 1:
+        raise ValueError(f"{type(policy).__name__} searches one input tensor; this model is "
+                         f"perturbed at {len(inputs)} sites. Use perturb=[<input name>].")
+    return inputs[0], context.clip(1)[0]
+
+
 class PerturbationContext:
     """What a policy may use inside a step: the objective, randomness, ε-scale.
 

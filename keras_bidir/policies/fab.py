@@ -8,6 +8,7 @@ from keras_bidir import constraints
 from keras_bidir import losses as losses_lib
 from keras_bidir.policies.base import check_count
 from keras_bidir.policies.base import check_positive
+from keras_bidir.policies.base import single_site
 from keras_bidir.policies.gradient import _BallPolicy
 
 _BIG = 1e10
@@ -112,10 +113,7 @@ class FABTargeted(_BallPolicy):
         return losses_lib.margin_loss
 
     def generate(self, context, inputs, state):
-        if len(inputs) != 1:
-            raise ValueError("FABTargeted searches one input tensor; this model is perturbed at "
-                             f"{len(inputs)} sites. Use perturb=[<input name>].")
-        x, clip = inputs[0], context.clip(1)[0]
+        x, clip = single_site(self, context, inputs)
         clean = keras.tree.flatten(context.outputs(inputs))
         if len(clean) != 1 or clean[0].shape[-1] is None or clean[0].shape[-1] < 2:
             raise ValueError("FABTargeted needs one output of at least 2 class logits; for a "

@@ -8,6 +8,7 @@ from keras_bidir import backend
 from keras_bidir import losses as losses_lib
 from keras_bidir.policies.base import check_count
 from keras_bidir.policies.base import check_positive
+from keras_bidir.policies.base import single_site
 from keras_bidir.policies.gradient import _BallPolicy
 
 #: The reference schedule of the window's share of the image: `p_init` is halved after
@@ -84,10 +85,7 @@ class Square(_BallPolicy):
         return losses_lib.margin_loss
 
     def generate(self, context, inputs, state):
-        if len(inputs) != 1:
-            raise ValueError("Square searches one input tensor; this model is perturbed at "
-                             f"{len(inputs)} sites. Use perturb=[<input name>].")
-        x, clip = inputs[0], context.clip(1)[0]
+        x, clip = single_site(self, context, inputs)
         epsilon = ops.cast(self.epsilon * context.scale, x.dtype)
         height, width, channels = _as_image(x.shape[1:])
         image = ops.reshape(x, (ops.shape(x)[0], height, width, channels))
