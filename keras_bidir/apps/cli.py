@@ -47,11 +47,16 @@ def _evaluate(args):
     _, (x_test, y_test) = datasets.load(args.data)
     if args.limit:
         x_test, y_test = x_test[: args.limit], y_test[: args.limit]
-    report = evaluate_robustness(
-        model, (x_test, y_test), args.epsilons, norm=args.norm, clip_min=0.0, clip_max=1.0,
-        batch_size=args.batch_size, checks=not args.no_checks, suite=args.suite,
-        from_logits=None if args.from_logits is None else args.from_logits == "true",
-    )
+    try:
+        report = evaluate_robustness(
+            model, (x_test, y_test), args.epsilons, norm=args.norm, clip_min=0.0, clip_max=1.0,
+            batch_size=args.batch_size, checks=not args.no_checks, suite=args.suite,
+            from_logits=None if args.from_logits is None else args.from_logits == "true",
+        )
+    except ValueError as error:
+        if "suite='fast'" not in str(error):
+            raise
+        raise SystemExit(f"keras-bidir evaluate: {error} (on the command line: --suite fast)") from None
     print()
     print(report.to_markdown())
     os.makedirs(args.output_dir, exist_ok=True)
