@@ -156,3 +156,25 @@ def test_standard_suite_runs_in_cascade_and_reaches_the_exact_robust_accuracy(li
     assert "after APGD-T" in report.to_markdown() and "in cascade" in report.summary_line()
     assert {c.name for c in report.checks} >= {"gradient_free", "more_steps", "large_epsilon"}
     assert report.passed_checks, report.to_markdown()
+
+
+@pytest.mark.parametrize("attack", [
+    policies.FABTargeted(0.1, steps=5, targets=3, clip_min=0.0, clip_max=1.0),
+    policies.FABTargeted(0.8, steps=5, targets=3, norm="l2", clip_min=0.0, clip_max=1.0),
+    policies.Square(0.1, queries=50, clip_min=0.0, clip_max=1.0),
+    policies.Square(0.8, queries=50, norm="l2", clip_min=0.0, clip_max=1.0),
+], ids=lambda a: f"{type(a).__name__}-{a.norm}")
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_new_attacks_stay_in_the_ball_and_the_data_range(linear, attack, dtype):
+    if dtype == "float64" and keras.backend.backend() == "jax":
+        pytest.skip("JAX holds float64 only with jax_enable_x64")
+    model, x, y = linear
+    images = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(), model.layers[-1]])
+    for inputs in (x[:16].astype(dtype), x[:16].reshape(-1, 8, 8, 1).astype(dtype)):
+        target = model if inputs.ndim == 2 else images
+        adversarial = np.asarray(keras.ops.convert_to_numpy(attack.perturb(target, inputs, y[:16])))
+        assert adversarial.dtype == dtype and np.isfinite(adversarial).all()
+        assert adversarial.min() >= 0.0 and adversarial.max() <= 1.0
+        delta = (adversarial - inputs).reshape(16, -1).astype("float64")
+        size = np.abs(delta).max(1) if attack.norm == "linf" else np.sqrt((delta ** 2).sum(1))
+        assert (size <= attack.epsilon * (1 + 1e-5)).all()
