@@ -103,15 +103,15 @@ def test_evaluation_bench_times_both_suites_and_tabulates_them(trained_plain, di
     from keras_bidir.apps import evaluation_bench
 
     _, (x, y) = digits
-    rows = evaluation_bench.evaluate_both(trained_plain, x[:60], y[:60], [0.1], seed=0)
+    rows = evaluation_bench.evaluate_both(trained_plain, x[:60], y[:60], [0.3], seed=0)
     fast, standard = rows["fast"], rows["standard"]
     assert set(fast["attacks"]) == {"FGSM", "PGD-20x2", "APGD-CE", "APGD-DLR"}
     assert list(standard["attacks"]) == ["APGD-CE", "APGD-T", "FAB-T", "Square"]
     assert rows["standard_over_fast"] == pytest.approx(standard["seconds"] / fast["seconds"])
     # The cascade's rows never rise, and its first row is APGD-CE on every example.
-    after = [r["0.1"] for r in standard["attacks"].values()]
-    assert after == sorted(after, reverse=True) and after[-1] == standard["robust_accuracy"]["0.1"]
-    assert after[0] == pytest.approx(fast["attacks"]["APGD-CE"]["0.1"], abs=0.05)
-    payload = {"epsilons": [0.1], "results": {"plain": {"train_seconds": 1.0, **rows}}}
+    after = [r["0.3"] for r in standard["attacks"].values()]
+    assert after == sorted(after, reverse=True) and after[-1] == standard["robust_accuracy"]["0.3"]
+    assert after[0] == pytest.approx(fast["attacks"]["APGD-CE"]["0.3"], abs=0.05)
+    payload = {"epsilons": [0.3], "results": {"plain": {"train_seconds": 1.0, **rows}}}
     line = evaluation_bench.table(payload).splitlines()[-1]
     assert line.startswith("| plain |") and f"{rows['standard_over_fast']:.2f}" in line
