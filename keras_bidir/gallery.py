@@ -80,7 +80,7 @@ class FlippedExamples:
                 axis.set_title(title, fontsize=8)
                 axis.axis("off")
         figure.suptitle(f"{self.attack}, ε={self.epsilon:g}: {len(self)} flipped", fontsize=9)
-        figure.tight_layout()
+        figure.tight_layout(rect=(0, 0, 1, 1 - 0.3 / (2.0 * rows + 0.4)))  # room for the title
         if path is not None:
             figure.savefig(path, dpi=100)
             plt.close(figure)
