@@ -618,6 +618,12 @@ def _suite_attacks(suite, attacks, epsilon, common, judge):
     if judge.output is not None:
         raise ValueError("suite='standard' attacks a model with one classifier output; for "
                          "several outputs use suite='fast' with output=<name>.")
+    if judge.classes == 1 and judge.kind.from_logits is False:
+        # Its margin losses (APGD-DLR, Square) read one output z as the logits [0, z]: a
+        # sigmoid probability there is never below 0, so they would not search at all.
+        raise ValueError("suite='standard' needs the binary model's logit, not its sigmoid "
+                         "probability: end the model in Dense(1) and compile with "
+                         "from_logits=True, or use suite='fast'.")
     return standard_attacks(epsilon, classes=judge.classes, **common), suite
 
 
