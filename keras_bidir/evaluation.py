@@ -88,12 +88,14 @@ class _AttackStep:
     counted) separately instead of looking like retraces of one function.
     """
 
-    def __init__(self, model, attack, loss, seed):
+    def __init__(self, model, attack, loss, seed, from_logits):
         self.model, self.attack, self.loss, self.seed = model, attack, loss, seed
+        self.from_logits = from_logits
 
     def __call__(self, x, y, scale):
         return self.attack.attack_outputs(
-            self.model, x, y, loss=self.loss, seed=self.seed, scale=scale
+            self.model, x, y, loss=self.loss, seed=self.seed, scale=scale,
+            from_logits=self.from_logits,
         )
 
 
@@ -110,10 +112,14 @@ class AttackRunner:
             what the outputs are: see `keras_bidir.outputs`).
         select: for multi-output models, picks the evaluated head from labels
             and outputs; an attack's own loss (DLR) is taken on that head.
+        from_logits: False when the evaluated head outputs probabilities:
+            attacks that read logits (margins, DLR) get its logits.
     """
 
-    def __init__(self, model, attack, loss=None, seed=0, fallback_loss=None, select=None):
+    def __init__(self, model, attack, loss=None, seed=0, fallback_loss=None, select=None,
+                 from_logits=None):
         self.model = model
+        self.from_logits = from_logits
         self.attack = attack
         self.loss = loss
         self.fallback_loss = fallback_loss
@@ -126,12 +132,12 @@ class AttackRunner:
         loss = self.loss if self.loss is not None else own
         if loss is None and not _has_compiled_loss(self.model):
             loss = self.fallback_loss
-        per_example = resolve_attack_loss(self.model, y_example, loss)
+        per_example = resolve_attack_loss(self.model, y_example, loss, self.from_logits)
         if own is not None and self.select is not None:
             on_all = per_example
             per_example = lambda y, outputs: on_all(self.select(y), self.select(outputs))  # noqa: E731
         self._function = backend.function(
-            _AttackStep(self.model, self.attack, per_example, self._seed),
+            _AttackStep(self.model, self.attack, per_example, self._seed, self.from_logits),
             state=lambda: list(self.model.variables) + [self._seed.state])
 
     def __call__(self, x, y, epsilon=None):
@@ -273,12 +279,12 @@ def scores_under_attack(model, x, y, attack, judge=None, batch_size=512, loss=No
     runs, runner = 1, None
     if attack is not None:
         single, runs = _single_restart(attack)
-        key = (id(model), repr(single), seed, repr(loss))
+        key = (id(model), repr(single), seed, repr(loss), judge.output, judge.kind.from_logits)
         runner = (runners or {}).get(key)
         if runner is None:
             fallback = None if _has_compiled_loss(model) else judge.fallback_loss(y)
             runner = AttackRunner(model, single, loss=loss, seed=seed, fallback_loss=fallback,
-                                  select=judge.head)
+                                  select=judge.head, from_logits=judge.kind.from_logits)
             if runners is not None:
                 runners[key] = runner
     steps = runs * int(np.ceil(_num_examples(y) / batch_size))
@@ -618,12 +624,6 @@ def _suite_attacks(suite, attacks, epsilon, common, judge):
     if judge.output is not None:
         raise ValueError("suite='standard' attacks a model with one classifier output; for "
                          "several outputs use suite='fast' with output=<name>.")
-    if judge.classes == 1 and judge.kind.from_logits is False:
-        # Its margin losses (APGD-DLR, Square) read one output z as the logits [0, z]: a
-        # sigmoid probability there is never below 0, so they would not search at all.
-        raise ValueError("suite='standard' needs the binary model's logit, not its sigmoid "
-                         "probability: end the model in Dense(1) and compile with "
-                         "from_logits=True, or use suite='fast'.")
     return standard_attacks(epsilon, classes=judge.classes, **common), suite
 
 

@@ -123,11 +123,13 @@ def _as_picture(x):
 class _PerturbStep:
     """`attack.perturb` as a callable object, compiled once per attack (as `_AttackStep`)."""
 
-    def __init__(self, model, attack, loss, seed):
+    def __init__(self, model, attack, loss, seed, from_logits):
         self.model, self.attack, self.loss, self.seed = model, attack, loss, seed
+        self.from_logits = from_logits
 
     def __call__(self, x, y, scale):
-        return self.attack.perturb(self.model, x, y, loss=self.loss, seed=self.seed, scale=scale)
+        return self.attack.perturb(self.model, x, y, loss=self.loss, seed=self.seed, scale=scale,
+                                   from_logits=self.from_logits)
 
 
 def flipped_examples(model, x, y, attack, epsilon=None, count=8, kind=None, name=None, seed=0,
@@ -170,7 +172,7 @@ def flipped_examples(model, x, y, attack, epsilon=None, count=8, kind=None, name
         raise ValueError("A regression model has no prediction to flip: nothing to picture.")
     scale = 1.0 if epsilon is None else float(epsilon) / attack.epsilon
     generator = keras.random.SeedGenerator(seed)
-    step = backend.function(_PerturbStep(model, attack, loss, generator),
+    step = backend.function(_PerturbStep(model, attack, loss, generator, kind.from_logits),
                             state=lambda: list(model.variables) + [generator.state])
     adversarial = step(x, ops.convert_to_tensor(y), ops.convert_to_tensor(scale, "float32"))
     labels = kind.labels(y)

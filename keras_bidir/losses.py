@@ -124,6 +124,55 @@ def one_hot_like(y_true, logits):
     return ops.one_hot(labels, num_classes, dtype=logits.dtype)
 
 
+def as_logits(outputs, from_logits=True):
+    """Logits (float32) from model outputs, for losses that read logits.
+
+    Probabilities (`from_logits=False`) become the log-odds log(p / (1 − p))
+    of a single sigmoid unit, or the log-probabilities of a softmax (logits
+    up to a per-example shift, which the margin and DLR losses ignore).
+    Probabilities are clipped to [1e-7, 1 − 1e-7] first.
+
+    Args:
+        outputs: model outputs `(batch, classes)` or `(batch, 1)`.
+        from_logits: whether `outputs` are logits already (None: as given).
+
+    Returns:
+        A float32 tensor of the same shape.
+    """
+    outputs = ops.cast(outputs, "float32")
+    if from_logits is not False:
+        return outputs
+    p = ops.clip(outputs, 1e-7, 1.0 - 1e-7)
+    if outputs.shape[-1] == 1:
+        return ops.log(p) - ops.log1p(-p)
+    return ops.log(p)
+
+
+def reads_logits(loss):
+    """Whether a per-example loss reads its outputs as logits (the margin losses)."""
+    return bool(getattr(loss, "reads_logits", False))
+
+
+def on_outputs(loss, from_logits):
+    """A logit-reading `loss(y_true, logits)` applied to outputs of this kind.
+
+    Args:
+        loss: a per-example loss for which `reads_logits` holds.
+        from_logits: False when the outputs are probabilities (they are
+            turned into logits by `as_logits` first); True or None: as given.
+
+    Returns:
+        A per-example loss `(y_true, outputs) -> (batch,)`.
+    """
+    if from_logits is not False:
+        return loss
+
+    def from_probabilities(y_true, outputs):
+        return loss(y_true, tree.map_structure(lambda o: as_logits(o, False), outputs))
+
+    return from_probabilities
+
+
 def two_class_logits(logits):
     """Logits `(batch, classes)`; a single logit z (binary model) becomes [0, z]."""
     logits = ops.cast(logits, "float32")
@@ -142,6 +191,9 @@ def margin_loss(y_true, logits):
     true_logit = ops.sum(logits * one_hot, axis=-1)
     other = ops.max(ops.where(one_hot > 0, -1e30, logits), axis=-1)
     return other - true_logit
+
+
+margin_loss.reads_logits = True
 
 
 def dlr_loss(y_true, logits):
@@ -166,6 +218,9 @@ def dlr_loss(y_true, logits):
     ordered = ops.sort(logits, axis=-1)
     scale = ordered[:, -1] - ordered[:, -3] + 1e-12
     return margin / scale
+
+
+dlr_loss.reads_logits = True
 
 
 def log_probabilities(outputs, from_logits=True):

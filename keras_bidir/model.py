@@ -15,6 +15,7 @@ from keras_bidir import data_utils
 from keras_bidir import example_index
 from keras_bidir import inputs as inputs_lib
 from keras_bidir import losses as losses_lib
+from keras_bidir import outputs as outputs_lib
 from keras_bidir import policies as policies_lib
 from keras_bidir import trainer
 from keras_bidir import weight_policies as weight_policies_lib
@@ -206,7 +207,7 @@ class BidirectionalModel(keras.Model):
         self._policy_state_dtypes = []
         self.adv_loss_tracker = StepMean(name="adv_loss")
         self.clean_loss_tracker = StepMean(name="clean_loss")
-        self.perturbation_norm_tracker = keras.metrics.Mean(name="perturbation_norm")
+        self.perturbation_norm_tracker = StepMean(name="perturbation_norm")
         self.nonfinite_tracker = keras.metrics.Sum(name="nonfinite_batches")
         object.__setattr__(self, "_adv_compile_metrics", None)
         object.__setattr__(self, "_adv_compile_loss", None)
@@ -670,6 +671,10 @@ class BidirectionalModel(keras.Model):
 
     # -- the bidirectional step ----------------------------------------------------
     def _context(self, x, y, sites, clean, masks):
+        own = self.policy.attack_loss()
+        # A margin / DLR loss reads logits: a probability output is turned into them.
+        reads_logits = losses_lib.reads_logits(own)
+        from_logits = outputs_lib.declared_from_logits(self) if reads_logits else None
         objective = site_objective(
             self,
             x,
@@ -677,7 +682,8 @@ class BidirectionalModel(keras.Model):
             sites,
             clean,
             masks,
-            self.policy.attack_loss() or self._bidir_attack_loss,
+            losses_lib.on_outputs(own, from_logits) if reads_logits
+            else own or self._bidir_attack_loss,
             training=self.attack_mode == "training",
         )
         return PerturbationContext(
@@ -688,6 +694,7 @@ class BidirectionalModel(keras.Model):
             masks=masks,
             clean=clean,
             labels=y,
+            from_logits=from_logits,
         )
 
     def perturb(self, x, y=None):

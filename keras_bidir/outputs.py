@@ -130,6 +130,15 @@ def compiled_loss(model, output=None):
     return loss
 
 
+def declared_from_logits(model):
+    """Whether `model` outputs logits, when its compiled loss or output layer says; else None."""
+    loss = compiled_loss(model)
+    said = _loss_from_logits(loss) if loss is not None else None
+    if said is not None:
+        return bool(said)
+    return False if _activation_of_output_layer(model) is not None else None
+
+
 def describe_outputs(model, outputs, y, from_logits=None, loss=None):
     """Decides how to read `outputs` of `model` (one output head).
 

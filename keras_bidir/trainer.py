@@ -299,15 +299,19 @@ class Step:
         if clean_loss is not None and model.clean_weight > 0:
             model.clean_loss_tracker.update_state(kept(clean_loss), sample_weight=weight)
         model.perturbation_norm_tracker.update_state(
-            perturbation_norm(self.policy.norm, self.clean, adversarial))
+            kept(perturbation_norm(self.policy.norm, self.clean, adversarial)),
+            sample_weight=ops.cast(finite, "float32"))
         if model._adv_compile_metrics is not None and self.y is not None:
-            self._update_metrics(model._adv_compile_metrics, adv_outputs)
+            self._update_metrics(model._adv_compile_metrics, adv_outputs, finite)
 
-    def _update_metrics(self, container, outputs):
-        if self.labeled is None:
-            container.update_state(self.y, outputs, self.sample_weight)
-        else:
-            update_labeled(container, self.y, outputs, self.labeled, self.sample_weight)
+    def _update_metrics(self, container, outputs, finite):
+        """Updates `container` on this batch; a skipped (non-finite) step counts for nothing."""
+        keep = ops.cast(finite, "float32")
+        labeled = ops.ones((ops.shape(tree.flatten(self.y)[0])[0],), "float32") * keep
+        labeled = labeled if self.labeled is None else self.labeled * labeled
+        outputs = tree.map_structure(
+            lambda o: ops.where(finite, o, ops.zeros_like(o)), outputs)  # 0 · NaN is NaN
+        update_labeled(container, self.y, outputs, labeled, self.sample_weight)
 
     def finish(self, finite, state, clean_outputs=None):
         """Counts a skipped step, stores the policy state, updates the clean metrics.
@@ -328,7 +332,7 @@ class Step:
                 clean_outputs = candidate if clean_outputs is None else clean_outputs
             if clean_outputs is None:
                 clean_outputs = model(self.x, training=self.attack_training)
-            self._update_metrics(model._compile_metrics, clean_outputs)
+            self._update_metrics(model._compile_metrics, clean_outputs, finite)
             if model.clean_weight == 0 and tree.is_nested(clean_outputs):
                 # The clean per-output losses (<output>_loss) of a multi-output
                 # model, from outputs the step already has.

@@ -27,7 +27,7 @@ global random draw), `replica_block` / `gather_blocks` (per-replica policy
 state), `local_batch` (one replica's part of a distributed batch),
 `step_logs` (step outputs Keras can reduce over workers), `all_replicas` (replicas agree on a flag), `apply_if` (an optimizer
 update taken only when a flag holds, on every replica alike) and
-`strategy_scope`.
+`strategy_scope`; `is_symbolic(tensor)` (traced: its values cannot be read).
 """
 
 import keras
@@ -50,6 +50,7 @@ _NAMES = (
     "function",
     "gather_blocks",
     "input_gradients",
+    "is_symbolic",
     "local_batch",
     "num_replicas",
     "replica_block",

@@ -215,6 +215,11 @@ def _check_no_new(inner, keys):
             "step threads only the variables of the model's state. Please report this.")
 
 
+def is_symbolic(tensor):
+    """Whether `tensor` is traced (a JAX tracer), so its values cannot be read."""
+    return isinstance(tensor, jax.core.Tracer)
+
+
 def _tracing(structure):
     return any(isinstance(t, jax.core.Tracer) for t in keras.tree.flatten(structure))
 

@@ -110,6 +110,11 @@ def function(fn, jit_compile=False, state=None):
     return tf.function(fn, jit_compile=jit_compile, reduce_retracing=True)
 
 
+def is_symbolic(tensor):
+    """Whether `tensor` is traced (a graph tensor), so its values cannot be read."""
+    return not tf.executing_eagerly() or not hasattr(tensor, "numpy")
+
+
 def batch_bucket(count):
     """The batch size to pad `count` examples to: none (`function` retraces with a dynamic batch)."""
     return count

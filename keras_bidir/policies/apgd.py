@@ -230,7 +230,7 @@ class APGDTargeted(APGD):
         for rank in range(2, min(self.targets, classes - 1) + 2):
             target = ranked[:, classes - rank]
             loss_fn = lambda outputs, target=target: targeted_dlr_loss(  # noqa: E731
-                y, target, keras.tree.flatten(outputs)[0])
+                y, target, context.logits(outputs))
             candidate, _ = self._run(context, inputs, epsilon, loss_fn)
             margin = ops.cast(context.loss(candidate), "float32")
             if best is None:

@@ -14,6 +14,7 @@ from keras_bidir.backend import private
 from keras_bidir.sites import Sites
 from keras_bidir.sites import apply_masks
 from keras_bidir import losses as losses_lib
+from keras_bidir import outputs as outputs_lib
 
 
 def is_real(value):
@@ -76,8 +77,11 @@ class PerturbationContext:
     """
 
     def __init__(self, objective, seed, scale=1.0, clip=None, masks=None, clean=None,
-                 labels=None):
+                 labels=None, from_logits=None):
         self._objective = objective
+        #: False when the model outputs probabilities: `logits` turns them into
+        #: logits for the attacks that read logits (margins, DLR, FAB's gaps).
+        self.from_logits = from_logits
         #: The batch's labels (None when the policy runs without them).
         self.labels = labels
         self.seed = seed
@@ -94,6 +98,10 @@ class PerturbationContext:
         #: Each batch example's index into the per-example memory (a `(batch,)`
         #: integer tensor) when the policy keeps one, else None.
         self.example_index = None
+
+    def logits(self, outputs):
+        """The logits (float32) of a single-output model's `outputs` (see `losses.as_logits`)."""
+        return losses_lib.as_logits(keras.tree.flatten(outputs)[0], self.from_logits)
 
     def clip(self, count):
         """Per-site clipping flags for `count` sites."""
@@ -347,7 +355,7 @@ class InputPolicy(Configured):
 
     # -- standalone use -------------------------------------------------------
     def perturb(self, model, x, y=None, loss=None, training=False, perturb=None, seed=None,
-                scale=1.0):
+                scale=1.0, from_logits=None):
         """Perturbs a batch against `model`: the policy used as an attack.
 
         Args:
@@ -363,6 +371,11 @@ class InputPolicy(Configured):
                 `perturb` inside a compiled function.
             scale: multiplies ε and the step size (a tensor lets one compiled
                 function serve every radius).
+            from_logits: whether the model outputs logits (False:
+                probabilities). Attacks that read logits (margin, DLR: Square,
+                APGD-T, FAB-T, `APGD(loss="dlr")`) convert probabilities to
+                logits first. Default: what the compiled loss or the output
+                layer says, else decided from the outputs (eagerly) or refused.
 
         Returns:
             `x` with its floating-point inputs perturbed.
@@ -372,7 +385,7 @@ class InputPolicy(Configured):
         >>> x_adv = keras_bidir.policies.PGD(0.1, steps=10).perturb(model, x, y)
         """
         x, y, sites, clean, masks, context = self._prepare(
-            model, x, y, loss, training, perturb, seed, scale
+            model, x, y, loss, training, perturb, seed, scale, from_logits
         )
         if sites.point_names:
             raise ValueError(
@@ -384,19 +397,19 @@ class InputPolicy(Configured):
         return inputs_lib.replace_inputs(x, sites.input_indices, adversarial)
 
     def attack_outputs(self, model, x, y=None, loss=None, training=False, perturb=None,
-                       seed=None, scale=1.0):
+                       seed=None, scale=1.0, from_logits=None):
         """The model's outputs (inference mode) under this attack.
 
         Works for input sites and for `PerturbationPoint` activations alike;
         the arguments are those of `perturb`.
         """
         x, y, sites, clean, masks, context = self._prepare(
-            model, x, y, loss, training, perturb, seed, scale
+            model, x, y, loss, training, perturb, seed, scale, from_logits
         )
         adversarial = apply_masks(clean, self.attack(context, clean), masks)
         return sites.forward(model, x, adversarial, clean, masks, training=False)
 
-    def _prepare(self, model, x, y, loss, training, perturb, seed, scale):
+    def _prepare(self, model, x, y, loss, training, perturb, seed, scale, from_logits=None):
         x = keras.tree.map_structure(ops.convert_to_tensor, x)
         if y is None and self.requires_labels:
             raise ValueError(
@@ -408,7 +421,10 @@ class InputPolicy(Configured):
         if perturb is None:
             perturb = getattr(model, "perturb_names", None)
         sites = Sites(model, x, perturb)
-        per_example = resolve_attack_loss(model, y, loss if loss is not None else self.attack_loss())
+        loss = loss if loss is not None else self.attack_loss()
+        if from_logits is None and losses_lib.reads_logits(loss):
+            from_logits = outputs_are_logits(model, x, y)
+        per_example = resolve_attack_loss(model, y, loss, from_logits)
         clean, masks, _ = sites.record(model, x, training)
         seed = (
             seed
@@ -422,6 +438,7 @@ class InputPolicy(Configured):
             clip=sites.clip_flags(),
             masks=masks,
             labels=y,
+            from_logits=from_logits,
         )
         return x, y, sites, clean, masks, context
 
@@ -435,9 +452,15 @@ class InputPolicy(Configured):
         }
 
 
-def resolve_attack_loss(model, y, loss=None):
-    """A per-example loss function for attacking `model`."""
+def resolve_attack_loss(model, y, loss=None, from_logits=None):
+    """A per-example loss function for attacking `model`.
+
+    A loss that reads logits (`losses.reads_logits`) is applied to the
+    logits of the outputs: probabilities when `from_logits` is False.
+    """
     if loss is not None:
+        if losses_lib.reads_logits(loss):
+            return losses_lib.on_outputs(loss, from_logits)
         return losses_lib.per_example_loss_fn(loss)
     compiled = getattr(model, "_bidir_attack_loss", None)
     if compiled is not None:
@@ -448,6 +471,33 @@ def resolve_attack_loss(model, y, loss=None):
     if y is None:
         return None
     return losses_lib.per_example_loss_fn(losses_lib.default_classification_loss(model, y))
+
+
+def outputs_are_logits(model, x, y):
+    """Whether `model`'s outputs on `x` are logits, for an attack that reads logits.
+
+    What the compiled loss or the output layer says; else, run eagerly, what
+    the outputs themselves show (`outputs.describe_outputs`, which refuses a
+    single output it cannot read). Inside a compiled function a single
+    output that nothing declares is refused; several outputs that nothing
+    declares are read as logits (their argmax, and so the margins' sign,
+    is the same for probabilities).
+    """
+    declared = outputs_lib.declared_from_logits(model)
+    if declared is not None:
+        return declared
+    outputs = keras.tree.flatten(model(x, training=False))[0]
+    if backend.is_symbolic(outputs):
+        if outputs.shape[-1] == 1:
+            raise ValueError(
+                "Cannot tell whether this binary model outputs a probability (sigmoid) or a "
+                "logit, and the attack reads logits: pass from_logits=False if the model "
+                "applies a sigmoid (e.g. in call()), from_logits=True if it returns raw scores.")
+        return None
+    if y is None:
+        return None
+    kind = outputs_lib.describe_outputs(model, outputs, keras.tree.flatten(y)[0])
+    return kind.from_logits
 
 
 def _repeat(structure, repeats):

@@ -140,7 +140,7 @@ class FABTargeted(_BallPolicy):
         labels = context.labels
 
         def gap(outputs):  # z_t − z_y: positive once the target class wins
-            logits = ops.cast(keras.tree.flatten(outputs)[0], "float32")
+            logits = context.logits(outputs)
             return (ops.sum(logits * losses_lib.one_hot_like(target, logits), -1)
                     - ops.sum(logits * losses_lib.one_hot_like(labels, logits), -1))
 

@@ -166,12 +166,6 @@ def test_standard_suite_and_its_refusals(trained_plain, digits):
         kb.evaluate_robustness(regressor, (x[:10], targets), [0.1], suite="standard")
     with pytest.raises(ValueError, match="pass cascade=False"):
         kb.evaluate_robustness(regressor, (x[:10], targets), [0.1], cascade=True)
-    sigmoid = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(),
-                                keras.layers.Dense(1, activation="sigmoid")])
-    sigmoid.compile(loss="binary_crossentropy")
-    with pytest.raises(ValueError, match="needs the binary model's logit"):
-        kb.evaluate_robustness(sigmoid, (x[:10], (y[:10] % 2).astype("float32")), [0.1],
-                               suite="standard")
     attacks = kb.evaluation.standard_attacks(0.1, norm="l2", classes=3)
     assert list(attacks) == ["APGD-CE", "APGD-DLR", "FAB-T", "Square"]
     assert attacks["FAB-T"].targets == 2 and attacks["Square"].norm == "l2"

@@ -29,6 +29,11 @@ def test_non_finite_batch_mid_epoch_is_skipped(policy, poison, digits):
     assert sum("produced NaN or Inf" in str(w.message) for w in record) == 1  # warned once
     assert history["nonfinite_batches"] == [1.0, 1.0]
     assert np.isfinite(history["loss"]).all() and np.isfinite(history["adv_loss"]).all()
+    # Every logged quantity is a mean over the finite steps (perturbation_norm was NaN).
+    assert np.isfinite(history["perturbation_norm"]).all()
+    if isinstance(policy, policies.FGSM):  # a full-size step: each example's L∞ norm is ε
+        np.testing.assert_allclose(history["perturbation_norm"], 0.1, rtol=1e-5)
+    assert np.isfinite(history["adv_accuracy"]).all() and np.isfinite(history["accuracy"]).all()
     assert all(np.isfinite(w.numpy()).all() for w in model.base_model.weights)
     assert all(np.isfinite(v.numpy()).all() for v in model._policy_state)
     replays = policy.replays

@@ -133,7 +133,8 @@ def test_new_attacks_round_trip_and_refuse_what_they_cannot_do():
         policies.FABTargeted(0.1, beta=1.5)
     binary = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
     with pytest.raises(ValueError, match="at least 2 class logits"):
-        policies.FABTargeted(0.1, steps=2).perturb(binary, np.zeros((2, 3)), np.zeros((2, 1)))
+        policies.FABTargeted(0.1, steps=2).perturb(binary, np.zeros((2, 3)), np.zeros((2, 1)),
+                                                   from_logits=True)
 
 
 @pytest.mark.backends

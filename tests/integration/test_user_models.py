@@ -276,6 +276,7 @@ def test_an_epoch_of_skipped_steps_shows_nan_not_zero(digits):
         logs = model.fit(np.full_like(x[:64], np.nan), y[:64], epochs=1, verbose=0).history
     assert logs["nonfinite_batches"][0] == 2
     assert np.isnan(logs["loss"][0]) and np.isnan(logs["adv_loss"][0])
+    assert np.isnan(logs["perturbation_norm"][0])
 
 
 # -- Keras' own API, unchanged --------------------------------------------------------------
@@ -383,3 +384,66 @@ def test_pytorch_backend_gets_a_clear_error(monkeypatch):
     message = str(error.value)
     assert "TensorFlow and JAX backends; the active Keras backend is 'torch'" in message
     assert "KERAS_BACKEND=jax" in message and "PyTorch support is planned" in message
+
+
+@pytest.fixture(scope="module")
+def parity_twins(digits):
+    """A digits-parity classifier ending in a sigmoid, and its twin with the same weights
+    ending in the logit; 120 test digits."""
+    (x_train, y_train), (x_test, y_test) = digits
+    keras.utils.set_random_seed(0)
+
+    def build(activation):
+        return keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(),
+                                 keras.layers.Dense(16, activation="relu"),
+                                 keras.layers.Dense(1, activation=activation)])
+
+    sigmoid = build("sigmoid")
+    sigmoid.compile(optimizer=keras.optimizers.Adam(3e-3), loss="binary_crossentropy")
+    sigmoid.fit(x_train, (y_train % 2).astype("float32"), epochs=10, batch_size=64, verbose=0)
+    logit = build(None)
+    logit.set_weights(sigmoid.get_weights())
+    logit.compile(loss=keras.losses.BinaryCrossentropy(from_logits=True))
+    return sigmoid, logit, x_test[:120], (y_test[:120] % 2).astype("float32")
+
+
+@pytest.mark.parametrize("name, attack", [
+    ("Square", kb.policies.Square(0.1, queries=300, **CLIP)),
+    ("APGD-DLR", kb.policies.APGD(0.1, steps=20, loss="dlr", **CLIP)),
+])
+def test_margin_attacks_read_a_sigmoid_probability_as_its_logit(parity_twins, name, attack):
+    # Before: Square and DLR read the probability p as the logits [0, p], never below 0,
+    # so every label-0 example counted as already broken and was never searched.
+    sigmoid, logit, x, y = parity_twins
+    args = dict(attacks={name: attack}, checks=False, verbose=0)
+    on_probability = kb.evaluate_robustness(sigmoid, (x, y), [0.1], **args)
+    on_logit = kb.evaluate_robustness(logit, (x, y), [0.1], **args)
+    assert on_probability.clean_accuracy == on_logit.clean_accuracy > 0.8
+    assert abs(on_probability.accuracy[name][0.1] - on_logit.accuracy[name][0.1]) <= 1 / len(y)
+    assert on_logit.accuracy[name][0.1] < on_logit.clean_accuracy - 0.1  # it does search
+    # Used alone through perturb(), the same: the compiled loss says "probabilities".
+    moved = attack.perturb(sigmoid, x, y)
+    after = float(np.mean((sigmoid.predict(moved, verbose=0)[:, 0] > 0.5) == (y > 0.5)))
+    assert after <= on_logit.clean_accuracy - 0.1
+
+
+def test_standard_suite_on_a_sigmoid_head_matches_its_logit_twin(parity_twins):
+    sigmoid, logit, x, y = parity_twins
+    x, y = x[:60], y[:60]
+    args = dict(suite="standard", checks=False, verbose=0, **CLIP)
+    on_probability = kb.evaluate_robustness(sigmoid, (x, y), [0.1], **args)
+    on_logit = kb.evaluate_robustness(logit, (x, y), [0.1], **args)
+    assert abs(on_probability.robust_accuracy[0.1] - on_logit.robust_accuracy[0.1]) <= 1 / len(y)
+
+
+def test_an_undeclared_sigmoid_is_refused_by_margin_attacks_with_the_argument(parity_twins):
+    sigmoid, _, x, y = parity_twins
+    inputs = keras.Input((8, 8, 1))  # uncompiled, and the sigmoid is an op no layer names
+    hidden = keras.layers.Dense(16, activation="relu")(keras.layers.Flatten()(inputs))
+    undeclared = keras.Model(inputs, keras.ops.sigmoid(keras.layers.Dense(1)(hidden)))
+    undeclared.set_weights(sigmoid.get_weights())
+    with pytest.raises(ValueError, match="from_logits=False"):
+        kb.policies.Square(0.1, queries=10, **CLIP).perturb(undeclared, x[:8], y[:8])
+    moved = kb.policies.Square(0.1, queries=10, **CLIP).perturb(undeclared, x[:8], y[:8],
+                                                                from_logits=False)
+    assert np.max(np.abs(np.asarray(moved) - x[:8])) <= 0.1 + 1e-6
