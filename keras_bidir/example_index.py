@@ -15,6 +15,8 @@ The inputs then travel as `{INPUTS: x, INDEX: i}`; the training step takes the
 index off before the model sees the inputs.
 """
 
+import re
+
 import numpy as np
 from keras import ops
 
@@ -63,6 +65,59 @@ def split(x):
     if is_indexed(x):
         return x[INPUTS], x[INDEX]
     return x, None
+
+
+_MARK = "keras_bidir: example index beyond the per-example memory"
+
+
+def too_small(policy_name, rows, index):
+    """The error for an example index at or beyond a memory of `rows` rows."""
+    return ValueError(
+        f"{policy_name} keeps a memory of {rows} examples (num_examples={rows}), but the data "
+        f"holds example index {index}, so at least {index + 1} examples. Pass "
+        "num_examples=<the number of training examples> (for a dataset: its length before "
+        "batching, e.g. int(dataset.cardinality()) right after with_example_index).")
+
+
+def check_batch(index, policy_name, rows):
+    """Raises `too_small` when a batch's (host) indices reach past `rows`."""
+    index = np.asarray(index)
+    if index.size and int(index.max()) >= rows:
+        raise too_small(policy_name, rows, int(index.max()))
+
+
+def checked(data, policy_name, rows):
+    """`fit` data whose every batch's example indices are checked against `rows`.
+
+    A `tf.data.Dataset` gets an assertion in its pipeline (on the host, with
+    either backend), which `translate` turns back into `too_small`; a Python
+    generator or iterator is checked batch by batch. Other data is returned
+    as it is.
+    """
+    if hasattr(data, "element_spec") and hasattr(data, "map"):
+        import tensorflow as tf  # the data is a tf.data pipeline whatever the backend
+
+        @tf.autograph.experimental.do_not_convert
+        def check(*batch):
+            largest = tf.reduce_max(tf.cast(batch[0][INDEX], tf.int64))
+            tf.debugging.Assert(largest < rows, [_MARK, largest])  # runs: a stateful op
+            return batch
+
+        return data.map(check)
+    if hasattr(data, "__next__"):
+        def generator():
+            for batch in data:
+                check_batch(batch[0][INDEX], policy_name, rows)
+                yield batch
+
+        return generator()
+    return data
+
+
+def translate(error, policy_name, rows):
+    """`too_small` for an error raised by `checked`'s assertion, else None."""
+    found = re.search(re.escape(_MARK) + r"\] \[(\d+)\]", str(error))
+    return too_small(policy_name, rows, int(found.group(1))) if found else None
 
 
 def gather_rows(store, index):

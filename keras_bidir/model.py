@@ -525,12 +525,19 @@ class BidirectionalModel(keras.Model):
             if count is None:
                 raise ValueError(f"With a dataset, {name} needs num_examples=<number of training "
                                  "examples> to size its per-example memory.")
+            rows = max(count, self._example_rows())
+            example_index.check_batch(example_index.split(x_batch)[1], name, rows)
+            x = example_index.checked(x, name, rows)
         else:
             x = x if indexed else example_index.index_arrays(x)
             count = int(np.max(x[example_index.INDEX])) + 1
             count = max(count, getattr(self.policy, "num_examples", None) or 0)
         self.build_example_state(x_batch, count)
         return x
+
+    def _example_rows(self):
+        """Rows of the per-example memory (0 before it is built)."""
+        return int(self._example_state[0].shape[0]) if self._example_state else 0
 
     def build_example_state(self, x, num_examples):
         """Creates the policy's per-example memory (one row per training example).
@@ -632,7 +639,14 @@ class BidirectionalModel(keras.Model):
         if self.weight_policy is not None and self.weight_policy.warmup_epochs:
             callbacks.append(_WeightPolicyWarmup(self.weight_policy.warmup_epochs))
         with backend.fit_guard(self):
-            return super().fit(x, y, batch_size, *args, callbacks=callbacks, **kwargs)
+            try:
+                return super().fit(x, y, batch_size, *args, callbacks=callbacks, **kwargs)
+            except Exception as error:  # a dataset's index check (example_index.checked)
+                clear = example_index.translate(error, type(self.policy).__name__,
+                                                self._example_rows())
+                if clear is None:
+                    raise
+                raise clear from None
 
     def train_on_batch(self, x, y=None, *args, **kwargs):
         inputs, index = example_index.split(x)
@@ -643,6 +657,9 @@ class BidirectionalModel(keras.Model):
                 f"{type(self.policy).__name__} keeps a memory per training example: train with "
                 "fit(), or call build_example_state(x, num_examples) first and pass inputs "
                 "indexed as keras_bidir.example_index describes.")
+        if index is not None and self._example_state:
+            example_index.check_batch(ops.convert_to_numpy(index), type(self.policy).__name__,
+                                      self._example_rows())
         return super().train_on_batch(x, y, *args, **kwargs)
 
     def get_build_config(self):

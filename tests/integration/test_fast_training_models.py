@@ -126,3 +126,26 @@ def test_per_example_memory_is_saved_and_needs_indexed_datasets(tmp_path):
     indexed = kb.example_index.with_example_index(tf.data.Dataset.from_tensor_slices((x, y)))
     with pytest.raises(ValueError, match="needs num_examples"):
         fresh.fit(indexed.batch(16), epochs=1, verbose=0)
+
+
+@pytest.mark.parametrize("shuffled", [True, False], ids=["shuffled", "in_order"])
+def test_a_per_example_memory_smaller_than_the_data_is_refused_with_both_numbers(digits,
+                                                                                shuffled):
+    # Before: JAX trained on silently (500 examples never got a memory row); TensorFlow
+    # failed with a graph error from inside the step.
+    import tensorflow as tf
+
+    (x, y), _ = digits
+    dataset = kb.example_index.with_example_index(tf.data.Dataset.from_tensor_slices(
+        (x[:600].reshape(600, 64), y[:600])))
+    dataset = dataset.shuffle(600, seed=0) if shuffled else dataset
+    model = _frozen_model(policies.PriorGuidedFGSM(0.1, prior="example", num_examples=100,
+                                                   clip_min=0.0, clip_max=1.0))
+    with pytest.raises(ValueError, match=r"memory of 100 examples \(num_examples=100\), but "
+                                         r"the data holds example index \d+, so at least"):
+        model.fit(dataset.batch(32), epochs=1, verbose=0)
+    # The memory is sized by the data: with the right count it trains.
+    right = _frozen_model(policies.PriorGuidedFGSM(0.1, prior="example", num_examples=600,
+                                                   clip_min=0.0, clip_max=1.0))
+    right.fit(dataset.batch(32), epochs=1, verbose=0)
+    assert np.all(np.asarray(right._example_state[1]) == 1)  # every example got its row
