@@ -129,7 +129,7 @@ class _PerturbStep:
 
     def __call__(self, x, y, scale):
         return self.attack.perturb(self.model, x, y, loss=self.loss, seed=self.seed, scale=scale,
-                                   from_logits=self.from_logits)
+                                   from_logits=self.from_logits, keep_misclassified=True)
 
 
 def flipped_examples(model, x, y, attack, epsilon=None, count=8, kind=None, name=None, seed=0,

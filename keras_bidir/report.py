@@ -40,6 +40,8 @@ class RobustnessReport:
         suite: `"standard"`, `"fast"` or `"custom"` (the attacks' origin).
         cascade: whether each attack ran only on the examples still robust;
             then `by_attack` holds the robust accuracy after each attack.
+        restarts: how many runs (seeds) of each attack the figures take the
+            per-example worst case over.
 
     Classifier reports also answer `clean_accuracy`, `accuracy` and
     `robust_accuracy`; regression reports `clean_loss`, `loss` and
@@ -47,7 +49,7 @@ class RobustnessReport:
     """
 
     def __init__(self, clean, epsilons, by_attack, worst_case, checks, num_examples, norm,
-                 measure="accuracy", output=None, suite=None, cascade=False):
+                 measure="accuracy", output=None, suite=None, cascade=False, restarts=1):
         self.clean = clean
         self.epsilons = list(epsilons)
         self.by_attack = by_attack
@@ -59,6 +61,7 @@ class RobustnessReport:
         self.output = output
         self.suite = suite
         self.cascade = bool(cascade)
+        self.restarts = int(restarts)
         #: Finds flipped examples on demand (set by `evaluate_robustness` for classifiers).
         self.example_finder = None
         self._examples = {}
@@ -130,6 +133,7 @@ class RobustnessReport:
             "num_examples": self.num_examples,
             "suite": self.suite,
             "attacks": list(self.by_attack),
+            "restarts": self.restarts,
         }
 
     def summary_line(self):
@@ -140,13 +144,15 @@ class RobustnessReport:
         suite = f"{self.suite} suite: " if self.suite else ""
         return (f"{clean} {self.format(self.clean)}, {kind} {robust} ({self.norm}, "
                 f"{self.num_examples} examples; {suite}{', '.join(self.by_attack)}"
-                f"{', in cascade' if self.cascade else ''})")
+                f"{', in cascade' if self.cascade else ''}"
+                f"{f', {self.restarts} restarts' if self.restarts > 1 else ''})")
 
     def to_dict(self):
         key = "accuracy" if self.is_accuracy else "loss"
         return {
             "suite": self.suite,
             "cascade": self.cascade,
+            "restarts": self.restarts,
             "num_examples": self.num_examples,
             "norm": self.norm,
             "measure": self.measure,

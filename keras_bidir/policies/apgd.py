@@ -28,6 +28,12 @@ def _expand(values, like):
     return ops.reshape(values, (-1,) + (1,) * (len(like.shape) - 1))
 
 
+def _fooled(context, outputs, batch, direction=1):
+    """Per example, whether `outputs` misclassify it (all False where the context cannot tell)."""
+    fooled = context.misclassified(outputs) if direction == 1 else None
+    return ops.zeros((batch,), "bool") if fooled is None else fooled
+
+
 @keras.saving.register_keras_serializable(package="keras_bidir")
 class APGD(_BallPolicy):
     """Auto-PGD: an attack that needs no step-size tuning (Croce and Hein, 2020).
@@ -76,7 +82,18 @@ class APGD(_BallPolicy):
         return losses_lib.dlr_loss if self.loss == "dlr" else None
 
     def _run(self, context, inputs, epsilon, loss_fn=None):
-        """One APGD run; `loss_fn(outputs)` replaces the attack loss when given."""
+        """One APGD run; `loss_fn(outputs)` replaces the attack loss when given.
+
+        As AutoAttack's `attack_single_run`: a halving restarts from the best
+        point with the best point's gradient (keeping the momentum), the first
+        checkpoint halves only for too few successes, and, when the context
+        can tell (`context.misclassified`, evaluation), the last iterate that
+        was misclassified is returned, else the point of highest loss.
+
+        Returns:
+            `(points, scores)`: per example the point and a score to compare
+            runs by (its loss; +inf where a misclassified point was found).
+        """
         steps = self.steps
         marks = checkpoints(steps)
         is_mark = ops.convert_to_tensor([k in marks for k in range(steps + 1)])
@@ -89,28 +106,37 @@ class APGD(_BallPolicy):
         clip = context.clip(len(inputs))
         start = [self._random_start(context, x, epsilon, c) for x, c in zip(inputs, clip)]
         eta = ops.ones((batch,), "float32") * 2.0 * ops.cast(epsilon, "float32")
-        loss0, grads0, _ = context.loss_and_gradients(start, loss_fn)
+        loss0, grads0, outputs0 = context.loss_and_gradients(start, loss_fn)
         loss0 = ops.cast(loss0, "float32") * self.direction
+        found = _fooled(context, outputs0, batch, self.direction)
         first = [self._move(x, a, g, eta, epsilon, c) for x, a, g, c in zip(inputs, start, grads0, clip)]
         state = (
             first,            # x_k
             start,            # x_{k-1}
             start,            # best point
+            grads0,           # the gradient at the best point
             loss0,            # best loss
             loss0,            # loss at x_{k-1}
             eta,              # step size per example
             ops.zeros((batch,), "float32"),  # successes since the last checkpoint
             loss0,            # best loss at the last checkpoint
-            ops.zeros((batch,), "bool"),  # step size was halved at the last checkpoint
+            ops.ones((batch,), "bool"),  # halved at the last checkpoint (none before the first)
+            found,            # a misclassified iterate was found
+            start,            # the last misclassified iterate
         )
 
         def body(k, carry):
-            current, prior, best, best_loss, last_loss, eta, wins, mark_loss, halved_last = carry
-            loss, grads, _ = context.loss_and_gradients(list(current), loss_fn)
+            (current, prior, best, best_grads, best_loss, last_loss, eta, wins, mark_loss,
+             halved_last, found, fooling) = carry
+            loss, grads, outputs = context.loss_and_gradients(list(current), loss_fn)
             loss = ops.cast(loss, "float32") * self.direction
+            fooled = _fooled(context, outputs, batch, self.direction)
+            fooling = [ops.where(_expand(fooled, f), c, f) for f, c in zip(fooling, current)]
+            found = found | fooled
             wins = wins + ops.cast(loss > last_loss, "float32")
             improved = loss > best_loss
             best = [ops.where(_expand(improved, b), c, b) for b, c in zip(best, current)]
+            best_grads = [ops.where(_expand(improved, b), g, b) for b, g in zip(best_grads, grads)]
             best_loss = ops.where(improved, loss, best_loss)
             at_mark = ops.take(is_mark, k)
             length = ops.take(interval, k)
@@ -121,12 +147,11 @@ class APGD(_BallPolicy):
                 | (ops.logical_not(halved_last) & (mark_loss >= best_loss))
             )
             eta = ops.where(halve, eta / 2.0, eta)
-            # After halving, continue from the best point (no momentum).
+            # After halving, continue from the best point with its gradient.
             restart = [ops.where(_expand(halve, c), b, c) for b, c in zip(best, current)]
-            prior_used = [ops.where(_expand(halve, p), b, p) for b, p in zip(best, prior)]
-            grads = [ops.where(_expand(halve, g), ops.zeros_like(g), g) for g in grads]
+            grads = [ops.where(_expand(halve, g), b, g) for b, g in zip(best_grads, grads)]
             nxt = []
-            for x, c, p, g, site_clip in zip(inputs, restart, prior_used, grads, clip):
+            for x, c, p, g, site_clip in zip(inputs, restart, prior, grads, clip):
                 z = self._move(x, c, g, eta, epsilon, site_clip)
                 a = ops.cast(self.momentum, x.dtype)
                 mixed = c + a * (z - c) + (1 - a) * (c - p)
@@ -134,16 +159,21 @@ class APGD(_BallPolicy):
             wins = ops.where(at_mark, ops.zeros_like(wins), wins)
             mark_loss = ops.where(at_mark, best_loss, mark_loss)
             halved_last = ops.where(at_mark, halve, halved_last)
-            return (nxt, restart, best, best_loss, loss, eta, wins, mark_loss, halved_last)
+            return (nxt, restart, best, best_grads, best_loss, loss, eta, wins, mark_loss,
+                    halved_last, found, fooling)
 
         state = backend.fori_loop(1, steps, body, state)
-        final, _, best, best_loss = state[0], state[1], state[2], state[3]
-        final_loss = (context.loss(list(final)) if loss_fn is None
-                      else loss_fn(context.outputs(list(final))))
+        final, best, best_loss, found, fooling = state[0], state[2], state[4], state[10], state[11]
+        final_loss, outputs = context.loss_and_outputs(list(final), loss_fn)
         final_loss = ops.cast(final_loss, "float32") * self.direction
+        fooled = _fooled(context, outputs, batch, self.direction)
+        fooling = [ops.where(_expand(fooled, f), c, f) for f, c in zip(fooling, final)]
+        found = found | fooled
         improved = final_loss > best_loss
         best = [ops.where(_expand(improved, b), f, b) for b, f in zip(best, final)]
-        return list(best), ops.maximum(best_loss, final_loss)
+        points = [ops.where(_expand(found, b), f, b) for b, f in zip(best, fooling)]
+        scores = ops.where(found, float("inf"), ops.maximum(best_loss, final_loss))
+        return points, scores
 
     def _move(self, x, current, gradient, eta, epsilon, clip=True):
         step = _expand(ops.cast(eta, x.dtype), x) * self.direction

@@ -77,11 +77,14 @@ class PerturbationContext:
     """
 
     def __init__(self, objective, seed, scale=1.0, clip=None, masks=None, clean=None,
-                 labels=None, from_logits=None):
+                 labels=None, from_logits=None, keep_misclassified=False):
         self._objective = objective
         #: False when the model outputs probabilities: `logits` turns them into
         #: logits for the attacks that read logits (margins, DLR, FAB's gaps).
         self.from_logits = from_logits
+        #: Whether attacks report misclassified points (evaluation of a
+        #: single-output classifier): see `misclassified`.
+        self.keep_misclassified = keep_misclassified
         #: The batch's labels (None when the policy runs without them).
         self.labels = labels
         self.seed = seed
@@ -98,6 +101,24 @@ class PerturbationContext:
         #: Each batch example's index into the per-example memory (a `(batch,)`
         #: integer tensor) when the policy keeps one, else None.
         self.example_index = None
+
+    def misclassified(self, outputs):
+        """Per example, whether `outputs` misclassify it; None unless `keep_misclassified`.
+
+        An attack that finds a misclassified point keeps it (AutoAttack's
+        APGD returns the last such iterate rather than the highest loss).
+        """
+        if not self.keep_misclassified or self.labels is None:
+            return None
+        return losses_lib.margin_loss(self.labels, self.logits(outputs)) > 0
+
+    def loss_and_outputs(self, adversarial, loss_fn=None):
+        """Per-example loss (or `loss_fn(outputs)`) and outputs at `adversarial`, no gradients."""
+        per_example, outputs = self._objective(adversarial)
+        outputs = keras.tree.map_structure(ops.stop_gradient, outputs)
+        if loss_fn is not None:
+            per_example = loss_fn(outputs)
+        return ops.stop_gradient(per_example), outputs
 
     def logits(self, outputs):
         """The logits (float32) of a single-output model's `outputs` (see `losses.as_logits`)."""
@@ -355,7 +376,7 @@ class InputPolicy(Configured):
 
     # -- standalone use -------------------------------------------------------
     def perturb(self, model, x, y=None, loss=None, training=False, perturb=None, seed=None,
-                scale=1.0, from_logits=None):
+                scale=1.0, from_logits=None, keep_misclassified=False):
         """Perturbs a batch against `model`: the policy used as an attack.
 
         Args:
@@ -376,6 +397,9 @@ class InputPolicy(Configured):
                 APGD-T, FAB-T, `APGD(loss="dlr")`) convert probabilities to
                 logits first. Default: what the compiled loss or the output
                 layer says, else decided from the outputs (eagerly) or refused.
+            keep_misclassified: for a classifier with one output, return the
+                misclassified points an attack found on its way (as
+                AutoAttack's APGD does) rather than its highest-loss points.
 
         Returns:
             `x` with its floating-point inputs perturbed.
@@ -385,7 +409,7 @@ class InputPolicy(Configured):
         >>> x_adv = keras_bidir.policies.PGD(0.1, steps=10).perturb(model, x, y)
         """
         x, y, sites, clean, masks, context = self._prepare(
-            model, x, y, loss, training, perturb, seed, scale, from_logits
+            model, x, y, loss, training, perturb, seed, scale, from_logits, keep_misclassified
         )
         if sites.point_names:
             raise ValueError(
@@ -397,19 +421,20 @@ class InputPolicy(Configured):
         return inputs_lib.replace_inputs(x, sites.input_indices, adversarial)
 
     def attack_outputs(self, model, x, y=None, loss=None, training=False, perturb=None,
-                       seed=None, scale=1.0, from_logits=None):
+                       seed=None, scale=1.0, from_logits=None, keep_misclassified=False):
         """The model's outputs (inference mode) under this attack.
 
         Works for input sites and for `PerturbationPoint` activations alike;
         the arguments are those of `perturb`.
         """
         x, y, sites, clean, masks, context = self._prepare(
-            model, x, y, loss, training, perturb, seed, scale, from_logits
+            model, x, y, loss, training, perturb, seed, scale, from_logits, keep_misclassified
         )
         adversarial = apply_masks(clean, self.attack(context, clean), masks)
         return sites.forward(model, x, adversarial, clean, masks, training=False)
 
-    def _prepare(self, model, x, y, loss, training, perturb, seed, scale, from_logits=None):
+    def _prepare(self, model, x, y, loss, training, perturb, seed, scale, from_logits=None,
+                 keep_misclassified=False):
         x = keras.tree.map_structure(ops.convert_to_tensor, x)
         if y is None and self.requires_labels:
             raise ValueError(
@@ -422,7 +447,7 @@ class InputPolicy(Configured):
             perturb = getattr(model, "perturb_names", None)
         sites = Sites(model, x, perturb)
         loss = loss if loss is not None else self.attack_loss()
-        if from_logits is None and losses_lib.reads_logits(loss):
+        if from_logits is None and (losses_lib.reads_logits(loss) or keep_misclassified):
             from_logits = outputs_are_logits(model, x, y)
         per_example = resolve_attack_loss(model, y, loss, from_logits)
         clean, masks, _ = sites.record(model, x, training)
@@ -439,6 +464,7 @@ class InputPolicy(Configured):
             masks=masks,
             labels=y,
             from_logits=from_logits,
+            keep_misclassified=keep_misclassified,
         )
         return x, y, sites, clean, masks, context
 

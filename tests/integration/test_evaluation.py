@@ -170,3 +170,43 @@ def test_standard_suite_and_its_refusals(trained_plain, digits):
     assert list(attacks) == ["APGD-CE", "APGD-DLR", "FAB-T", "Square"]
     assert attacks["FAB-T"].targets == 2 and attacks["Square"].norm == "l2"
     assert "FAB-T" not in kb.evaluation.standard_attacks(0.1, classes=1)
+
+
+@pytest.mark.parametrize("cascade", [True, False], ids=["cascade", "independent"])
+def test_the_report_is_the_worst_case_over_every_attack_the_call_ran(trained_plain, digits,
+                                                                     cascade):
+    # Before: the masking checks' PGD-5 / PGD-20 broke examples the report still counted robust.
+    _, (x, y) = digits
+    x, y = x[:100], y[:100]
+    report = kb.evaluate_robustness(trained_plain, (x, y), [0.05, 0.1],
+                                    attacks={"FGSM": policies.FGSM(0.1, **CLIP)},
+                                    cascade=cascade, verbose=0, **CLIP)
+    at = lambda attack, seed=0: evaluation.correct_under_attack(  # noqa: E731
+        trained_plain, x, y, attack, seed=seed)
+    clean = at(None)
+    fgsm = {e: at(policies.FGSM(e, **CLIP)) for e in (0.05, 0.1)}
+    # The checks ran PGD-5 and PGD-20 at the middle radius (0.1 of [0.05, 0.1]), seed 0.
+    pgd = at(policies.PGD(0.1, steps=5, **CLIP)) & at(policies.PGD(0.1, steps=20, **CLIP))
+    if cascade:  # robust at 0.1 needs robust at 0.05
+        expected = clean & fgsm[0.05] & fgsm[0.1] & pgd
+    else:
+        expected = clean & fgsm[0.1] & pgd
+    assert (clean & fgsm[0.1]).mean() >= expected.mean() + 0.03  # PGD breaks what FGSM left
+    assert report.robust_accuracy[0.1] == pytest.approx(expected.mean())
+    assert report.robust_accuracy[0.05] == pytest.approx((clean & fgsm[0.05]).mean())
+    if cascade:
+        assert report.accuracy[evaluation.CHECK_ATTACKS][0.1] == report.robust_accuracy[0.1]
+
+
+def test_restarts_run_every_attack_with_further_seeds(trained_plain, digits):
+    _, (x, y) = digits
+    x, y = x[:100], y[:100]
+    attack = policies.PGD(0.1, steps=3, **CLIP)
+    report = kb.evaluate_robustness(trained_plain, (x, y), [0.1], attacks={"PGD-3": attack},
+                                    restarts=3, checks=False, verbose=0, **CLIP)
+    runs = [evaluation.correct_under_attack(trained_plain, x, y, attack, seed=s) for s in range(3)]
+    assert report.robust_accuracy[0.1] == pytest.approx(np.mean(runs[0] & runs[1] & runs[2]))
+    assert report.restarts == 3 and report.summary()["restarts"] == 3
+    assert "3 restarts" in report.summary_line()
+    with pytest.raises(ValueError, match="restarts must be an integer >= 1"):
+        kb.evaluate_robustness(trained_plain, (x, y), [0.1], restarts=0, verbose=0)
