@@ -632,6 +632,8 @@ class BidirectionalModel(keras.Model):
                 raise trainer.missing_labels_error(self.policy)
             inputs_batch, _ = example_index.split(x_batch)
             self._check_data(inputs_batch)
+            if not self.built:  # Keras' callbacks (BackupAndRestore) need a built model
+                self(tree.map_structure(ops.convert_to_tensor, inputs_batch), training=False)
             self.build_policy_state(inputs_batch)
             x = self._with_example_index(x, x_batch)
         callbacks = list(kwargs.pop("callbacks", None) or [])
@@ -661,6 +663,34 @@ class BidirectionalModel(keras.Model):
             example_index.check_batch(ops.convert_to_numpy(index), type(self.policy).__name__,
                                       self._example_rows())
         return super().train_on_batch(x, y, *args, **kwargs)
+
+    # -- saved state ---------------------------------------------------------------
+    def _random_states(self):
+        """Every random stream the training draws from: the policy's seed, its augmentation
+        layers', and the model's own layers' (Dropout), in a fixed order."""
+        states, seen = [], set()
+        for layer in private.nested_layers(self, include_self=True):
+            for generator in private.seed_generators(layer):
+                if id(generator) not in seen:
+                    seen.add(id(generator))
+                    states.append(generator.state)
+        return states
+
+    def save_own_variables(self, store):
+        # Keras saves variables, not random streams: without them a resumed fit
+        # (BackupAndRestore) would draw PGD's random starts afresh.
+        super().save_own_variables(store)
+        for position, state in enumerate(self._random_states()):
+            store[f"{_RANDOM_STATE}{position}"] = state
+
+    def load_own_variables(self, store):
+        keys = list(store.keys())
+        own = {k: store[k] for k in keys if not k.startswith(_RANDOM_STATE)}
+        super().load_own_variables(own)
+        for position, state in enumerate(self._random_states()):
+            key = f"{_RANDOM_STATE}{position}"
+            if key in keys:  # files saved by earlier versions have none
+                state.assign(store[key])
 
     def get_build_config(self):
         config = super().get_build_config() or {}
@@ -856,6 +886,9 @@ class BidirectionalModel(keras.Model):
                 config["weight_policy"], custom_objects=custom_objects
             )
         return cls(base_model, policy, **config)
+
+
+_RANDOM_STATE = "random_state_"
 
 
 def _without_example_index(data):

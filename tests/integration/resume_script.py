@@ -1,7 +1,8 @@
 """Helper for tests/integration/test_resume.py: trains, optionally dies mid-epoch, resumes.
 
-    python tests/integration/resume_script.py MODE BACKUP_DIR OUTPUT.npy
-MODE is "plain-run" (uninterrupted), "crash" (exits hard during epoch 3) or "resume".
+    python tests/integration/resume_script.py MODE BACKUP_DIR OUTPUT.npy POLICY
+MODE is "plain-run" (uninterrupted), "crash" (exits hard during epoch 3) or "resume";
+POLICY "free" (persistent δ) or "pgd" (a random start from the policy's random stream).
 """
 
 import os
@@ -17,24 +18,28 @@ import keras_bidir as kb  # noqa: E402
 from keras_bidir.apps.demo import digits_cnn  # noqa: E402
 
 
-def main(mode, backup_dir, output):
+POLICIES = {
+    "free": lambda: kb.policies.FreeAdversarial(0.2, replays=2, clip_min=0.0, clip_max=1.0),
+    "pgd": lambda: kb.policies.PGD(0.2, steps=1, clip_min=0.0, clip_max=1.0),
+}
+
+
+def main(mode, backup_dir, output, policy="free"):
     keras.utils.set_random_seed(0)
     tf.config.experimental.enable_op_determinism()
     (x, y), _ = kb.datasets.load_digits()
     x, y = x[:512], y[:512]
-    model = kb.BidirectionalModel(
-        digits_cnn(0), kb.policies.FreeAdversarial(0.2, replays=2, clip_min=0.0, clip_max=1.0), seed=0
-    )
+    model = kb.BidirectionalModel(digits_cnn(0), POLICIES[policy](), seed=0)
+    replays = model.policy.replays
     model.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                   metrics=["accuracy"])
-    model(x[:1])  # BackupAndRestore needs a built model
     callbacks = [keras.callbacks.BackupAndRestore(backup_dir),
                  kb.callbacks.EpsilonSchedule(ramp=12, unit="step")]
     if mode == "crash":
 
         class Die(keras.callbacks.Callback):
             def on_train_batch_end(self, batch, logs=None):
-                if self.model.optimizer.iterations.numpy() >= 2 * (2 * 8 + 3):  # epoch 3, batch 4
+                if self.model.optimizer.iterations.numpy() >= replays * (2 * 8 + 3):  # epoch 3
                     os._exit(17)
 
         callbacks.append(Die())
@@ -49,4 +54,4 @@ def main(mode, backup_dir, output):
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:4])
+    main(*sys.argv[1:5])
