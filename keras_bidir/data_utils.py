@@ -1,6 +1,7 @@
 """Looking at one batch of the user's data before Keras starts training."""
 
 import inspect
+import re
 import warnings
 
 import keras
@@ -32,9 +33,9 @@ def peek_inputs(x, batch_size=None, y=None):
         y: the `fit(y=...)` labels of array data.
 
     Returns:
-        `(x_batch, labeled, x)`: the inputs of one batch, whether batches
-        carry labels, and the data to hand on to Keras (a generator is
-        re-chained so that its first batch is not lost).
+        `(x_batch, y_batch, x)`: the inputs and labels (None when the data
+        has none) of one batch, and the data to hand on to Keras (a generator
+        is re-chained so that its first batch is not lost).
     """
     if x is None:
         raise ValueError("fit() got no training data (x is None).")
@@ -57,7 +58,9 @@ def peek_inputs(x, batch_size=None, y=None):
                 raise ValueError("The training data is empty: the input arrays have no rows.")
             return value[:size]
 
-        return keras.tree.map_structure(head, x), y is not None, x
+        y_batch = None if y is None else keras.tree.map_structure(
+            lambda v: np.asarray(v)[:size], y)
+        return keras.tree.map_structure(head, x), y_batch, x
     if inspect.isgenerator(x) or hasattr(x, "__next__"):
         try:
             first = next(x)
@@ -79,7 +82,76 @@ def peek_inputs(x, batch_size=None, y=None):
 
 def _inputs_and_labeled(batch):
     x, y, _ = keras.utils.unpack_x_y_sample_weight(batch)
-    return x, y is not None
+    return x, y
+
+
+_LABEL_MARK = "keras_bidir: labels outside the classes"
+
+
+def label_range_error(classes, low, high, unlabeled=False):
+    """The error for sparse labels outside `[0, classes)` (or -1: unlabeled)."""
+    allowed = f"[0, {classes})" + (" or -1 for unlabeled examples" if unlabeled else "")
+    return ValueError(
+        f"Labels must lie in {allowed} for the model's {classes} outputs, but y ranges over "
+        f"[{low}, {high}]. Check the label encoding, or the size of the final Dense layer.")
+
+
+def check_label_range(labels, classes, unlabeled=False):
+    """Raises `label_range_error` when integer `labels` leave `[0, classes)` (-1 allowed when
+    `unlabeled`)."""
+    labels = np.asarray(labels)
+    if labels.size == 0 or not np.issubdtype(labels.dtype, np.integer):
+        return
+    low, high = int(labels.min()), int(labels.max())
+    if high >= classes or low < (-1 if unlabeled else 0):
+        raise label_range_error(classes, low, high, unlabeled)
+
+
+def checked_labels(data, classes, unlabeled=False):
+    """`fit` data whose every batch's integer labels are checked against `[0, classes)`.
+
+    A `tf.data.Dataset` gets an assertion in its pipeline (on the host, with
+    either backend; `translate_label_error` turns it into the clear error),
+    a Python generator or iterator is checked batch by batch; other data is
+    returned as it is.
+    """
+    if _looks_like_tf_dataset(data):
+        import tensorflow as tf  # the data is a tf.data pipeline whatever the backend
+
+        low_bound = -1 if unlabeled else 0
+
+        @tf.autograph.experimental.do_not_convert
+        def check(*batch):
+            if len(batch) < 2 or not isinstance(batch[1], tf.Tensor) or not batch[1].dtype.is_integer:
+                return batch
+            labels = tf.cast(batch[1], tf.int64)
+            low, high = tf.reduce_min(labels), tf.reduce_max(labels)
+            ok = tf.logical_or(tf.size(labels) == 0,
+                               tf.logical_and(low >= low_bound, high < classes))
+            tf.debugging.Assert(ok, [_LABEL_MARK, low, high])
+            return batch
+
+        if not isinstance(data.element_spec, tuple):
+            return data
+        return data.map(check)
+    if inspect.isgenerator(data) or hasattr(data, "__next__"):
+        def generator():
+            for batch in data:
+                _, y, _ = keras.utils.unpack_x_y_sample_weight(batch)
+                if y is not None and not isinstance(y, (dict, list, tuple)):
+                    check_label_range(keras.ops.convert_to_numpy(y), classes, unlabeled)
+                yield batch
+
+        return generator()
+    return data
+
+
+def translate_label_error(error, classes, unlabeled=False):
+    """`label_range_error` for an error raised by `checked_labels`' assertion, else None."""
+    found = re.search(re.escape(_LABEL_MARK) + r"\] \[(-?\d+)\] \[(-?\d+)\]", str(error))
+    if not found:
+        return None
+    return label_range_error(classes, int(found.group(1)), int(found.group(2)), unlabeled)
 
 
 def validate_arrays(x, model):

@@ -5,6 +5,7 @@ import keras
 from keras import ops
 
 from keras_bidir import backend
+from keras_bidir import data_utils
 from keras_bidir import losses as losses_lib
 from keras_bidir import outputs as outputs_lib
 from keras_bidir.policies.base import resolve_attack_loss
@@ -198,7 +199,14 @@ class Judge:
 
     @classmethod
     def describe(cls, model, x, y, output=None, from_logits=None, batch_size=512):
-        """A judge for `model`, deciding what its outputs are from the first batch."""
+        """A judge for `model`, deciding what its outputs are from the first batch.
+
+        Raises:
+            ValueError: for empty data, or labels that are no class of the model.
+        """
+        if _num_examples(y) == 0:
+            raise ValueError("The evaluation data is empty: (x, y) holds no example. Pass the "
+                             "test set, e.g. (x_test, y_test).")
         xb, yb = next(_batches(x, y, batch_size))
         outputs = head(model.predict_on_batch(xb), output, model)
         kind = outputs_lib.describe_outputs(
@@ -206,7 +214,24 @@ class Judge:
             loss=outputs_lib.compiled_loss(model, _loss_key(model, output)),
         )
         shape = np.shape(ops.convert_to_numpy(outputs))
-        return cls(model, kind, output, int(shape[-1]) if len(shape) > 1 else 1)
+        judge = cls(model, kind, output, int(shape[-1]) if len(shape) > 1 else 1)
+        judge.check_labels(head(y, output, model))
+        return judge
+
+    def check_labels(self, y):
+        """Refuses labels that are no class of the model, naming them."""
+        y = np.asarray(y)
+        if self.kind.task == outputs_lib.MULTICLASS and (y.ndim == 1 or y.shape[-1] == 1):
+            values = y[np.isfinite(y)] if np.issubdtype(y.dtype, np.floating) else y
+            if values.size and np.any(values != np.round(values)):
+                raise ValueError("Sparse labels must be class indices (integers); y holds "
+                                 "fractions. Pass integer labels or one-hot rows.")
+            data_utils.check_label_range(values.astype("int64"), self.classes)
+        elif self.kind.task == outputs_lib.BINARY:
+            if y.size and (np.nanmin(y) < 0 or np.nanmax(y) > 1):
+                raise ValueError(f"A binary classifier's labels must lie in [0, 1] (0/1 or "
+                                 f"probabilities), but y ranges over [{np.nanmin(y):g}, "
+                                 f"{np.nanmax(y):g}].")
 
     @property
     def attack_from_logits(self):

@@ -514,6 +514,12 @@ class BidirectionalModel(keras.Model):
                     f"{name} keeps a memory per training example, which does not run under "
                     "tf.distribute yet; train on one device.")
         indexed = example_index.is_indexed(x)
+        _, batch_index = example_index.split(x_batch)
+        if batch_index is not None and np.ndim(batch_index) == 0:
+            raise ValueError(
+                "Each batch carries one index instead of one per example: "
+                "with_example_index was applied after batch(). Index the single examples "
+                "first: with_example_index(dataset).shuffle(...).batch(...).")
         if not indexed and not data_utils.is_array_data(x):
             if not example_index.is_indexed(x_batch):
                 raise ValueError(
@@ -589,34 +595,23 @@ class BidirectionalModel(keras.Model):
                   for i in range(len(shapes))]
         self._create_policy_state(shapes, dtypes)
 
-    def _check_label_range(self, y):
-        """Sparse integer labels must index the model's classes (a GPU gives NaN otherwise)."""
+    def _sparse_classes(self):
+        """The number of classes when the model is trained on sparse integer labels, else None."""
         loss = getattr(self, "_bidir_loss_spec", None)
         sparse = isinstance(loss, keras.losses.SparseCategoricalCrossentropy) or loss in (
             "sparse_categorical_crossentropy",)
         outputs = getattr(self.base_model, "outputs", None)
-        if not sparse or y is None or not hasattr(y, "dtype") or outputs is None or len(outputs) != 1:
+        if not sparse or outputs is None or len(outputs) != 1:
+            return None
+        return outputs[0].shape[-1]
+
+    def _check_label_range(self, y):
+        """Sparse integer labels must index the model's classes (a GPU gives NaN otherwise)."""
+        classes = self._sparse_classes()
+        if classes is None or y is None or not hasattr(y, "dtype"):
             return
-        classes = outputs[0].shape[-1]
-        labels = np.asarray(y)
-        if not np.issubdtype(labels.dtype, np.integer) or labels.size == 0 or classes is None:
-            return
-        if getattr(self.policy, "accepts_unlabeled", False):
-            if labels.min() < -1:
-                raise ValueError(
-                    f"Labels must lie in [0, {classes}), or be -1 for unlabeled examples "
-                    f"({type(self.policy).__name__}), but y has {int(labels.min())}."
-                )
-            labels = labels[labels >= 0]
-            if labels.size == 0:
-                return
-        low, high = int(labels.min()), int(labels.max())
-        if low < 0 or high >= classes:
-            raise ValueError(
-                f"Labels must lie in [0, {classes}) for the model's {classes} outputs, but y "
-                f"ranges over [{low}, {high}]. Check the label encoding, or the size of the "
-                "final Dense layer."
-            )
+        data_utils.check_label_range(np.asarray(y), classes,
+                                     getattr(self.policy, "accepts_unlabeled", False))
 
     def _check_data(self, x_batch):
         """A batch against the policy's data range and radius."""
@@ -627,9 +622,13 @@ class BidirectionalModel(keras.Model):
         data_utils.validate_arrays(x, self.base_model)
         self._check_label_range(y)
         if x is not None:
-            x_batch, labeled, x = data_utils.peek_inputs(x, batch_size, y)
-            if not labeled and self.policy.requires_labels:
+            x_batch, y_batch, x = data_utils.peek_inputs(x, batch_size, y)
+            if y_batch is None and self.policy.requires_labels:
                 raise trainer.missing_labels_error(self.policy)
+            if y is None and self._sparse_classes() is not None:  # batches: check each one
+                self._check_label_range(y_batch)
+                x = data_utils.checked_labels(x, self._sparse_classes(),
+                                              getattr(self.policy, "accepts_unlabeled", False))
             inputs_batch, _ = example_index.split(x_batch)
             self._check_data(inputs_batch)
             if not self.built:  # Keras' callbacks (BackupAndRestore) need a built model
@@ -643,9 +642,13 @@ class BidirectionalModel(keras.Model):
         with backend.fit_guard(self):
             try:
                 return super().fit(x, y, batch_size, *args, callbacks=callbacks, **kwargs)
-            except Exception as error:  # a dataset's index check (example_index.checked)
+            except Exception as error:  # the checks a dataset's pipeline got above
                 clear = example_index.translate(error, type(self.policy).__name__,
                                                 self._example_rows())
+                if clear is None and self._sparse_classes() is not None:
+                    clear = data_utils.translate_label_error(
+                        error, self._sparse_classes(),
+                        getattr(self.policy, "accepts_unlabeled", False))
                 if clear is None:
                     raise
                 raise clear from None

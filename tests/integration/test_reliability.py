@@ -85,3 +85,42 @@ def test_input_shape_mismatch_and_empty_data_are_clear_errors(small_batch):
     empty = tf.data.Dataset.from_tensor_slices((x, y)).batch(128, drop_remainder=True)
     with pytest.raises(ValueError, match=r"training dataset is empty \(cardinality 0\)"):
         model.fit(empty, epochs=1, verbose=0)
+
+
+# -- errors that say what to do (each was a StopIteration, IndexError or graph error) --------
+
+def test_evaluation_of_empty_data_or_labels_beyond_the_classes_is_refused(trained_plain, digits):
+    _, (x, y) = digits
+    with pytest.raises(ValueError, match="The evaluation data is empty"):
+        kb.evaluate_robustness(trained_plain, (x[:0], y[:0]), [0.1], verbose=0)
+    with pytest.raises(ValueError, match=r"Labels must lie in \[0, 10\) .* ranges over \[5, 14\]"):
+        kb.evaluate_robustness(trained_plain, (x[:20], y[:20] + 5), [0.1], verbose=0)
+    with pytest.raises(ValueError, match=r"Labels must lie in \[0, 10\)"):
+        kb.evaluation.robust_accuracy(trained_plain, x[:20], y[:20] + 5, None)
+
+
+@pytest.mark.backends
+def test_a_dataset_label_beyond_the_classes_is_refused_in_fit(digits):
+    import tensorflow as tf
+
+    (x, y), _ = digits
+    labels = y[:128].copy()
+    labels[100] = 10  # the fourth batch: the first batch fit() peeks at is fine
+    model = compile_classifier(kb.BidirectionalModel(tiny_cnn(), policies.FGSM(0.1, **CLIP)))
+    dataset = tf.data.Dataset.from_tensor_slices((x[:128], labels)).batch(32)
+    with pytest.raises(ValueError, match=r"Labels must lie in \[0, 10\) .* over \[\d, 10\]"):
+        model.fit(dataset, epochs=1, verbose=0)
+
+
+@pytest.mark.backends
+def test_an_index_added_after_batching_is_refused_with_the_order_to_use(digits):
+    import tensorflow as tf
+
+    (x, y), _ = digits
+    model = compile_classifier(kb.BidirectionalModel(
+        tiny_cnn(), policies.ATAS(0.1, num_examples=128, **CLIP)))
+    batched_first = kb.example_index.with_example_index(
+        tf.data.Dataset.from_tensor_slices((x[:128], y[:128])).batch(32))
+    with pytest.raises(ValueError, match=r"applied after batch\(\).*with_example_index\(dataset\)"
+                                         r"\.shuffle\(\.\.\.\)\.batch\(\.\.\.\)"):
+        model.fit(batched_first, epochs=1, verbose=0)
