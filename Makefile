@@ -12,11 +12,14 @@ TEST_WORKERS ?= 2
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 10), "keras-bidir needs Python >= 3.10"'
-	@echo "== Setting up $(VENV) (first run only): TensorFlow, Keras, keras-hub, JAX and the test tools,"
-	@echo "== about 1 GB to download and install: 1 minute on a fast network, several on a slow one. =="
+	@echo "== Setting up $(VENV) (first run only): TensorFlow, Keras, keras-hub, JAX and the test tools."
+	@echo "== 3.2 GB once installed; pip shows each download, then unpacks about 100 packages for"
+	@echo "== 1-2 minutes more (a line every 20 s says how far it got). =="
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --progress-bar on -e ".[test,plot]"
+	@( while sleep 20; do echo "   ... pip is still installing: $$(du -sm $(VENV) | cut -f1) MB in $(VENV) so far"; done ) & \
+	heartbeat=$$!; $(BIN)/python -m pip install --progress-bar on -e ".[test,plot]"; status=$$?; \
+	kill $$heartbeat; exit $$status
 	touch $(STAMP)
 	@echo "== $(VENV) is ready. =="
 

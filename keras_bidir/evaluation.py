@@ -630,24 +630,45 @@ def evaluate_robustness(
                               output=output, suite=suite_name, cascade=cascade,
                               restarts=restarts)
     if judge.kind.is_classification and judge.output is None:
-        broken = np.flatnonzero(np.asarray(clean, bool) & ~np.asarray(held[max(epsilons)], bool))
-        report.example_finder = _ExampleFinder(model, x, y, attacks, max(epsilons), broken, judge,
-                                               seed)
+        report.example_finder = _ExampleFinder(model, x, y, attacks, clean, held, judge, seed)
     return report
 
 
+def picture_radius(model, epsilons):
+    """`(ε, why)`: the radius pictures show by default, the training ε where the report has it,
+    else the middle radius (the largest breaks nearly everything)."""
+    policy = getattr(model, "policy", None)
+    trained = getattr(policy, "epsilon", None)
+    if trained is not None and any(np.isclose(trained, e) for e in epsilons):
+        return min(epsilons, key=lambda e: abs(e - trained)), "the training ε"
+    ordered = sorted(epsilons)
+    if len(ordered) == 1:
+        return ordered[0], "the only radius"
+    return ordered[len(ordered) // 2], "the middle radius"
+
+
 class _ExampleFinder:
-    """Finds, on demand, examples the attacks flip at the largest ε (for `plot_examples`)."""
+    """Finds, on demand, examples the attacks flip at a radius (for `plot_examples`)."""
 
-    def __init__(self, model, x, y, attacks, epsilon, broken, judge, seed):
+    def __init__(self, model, x, y, attacks, clean, held, judge, seed):
         self.model, self.x, self.y, self.attacks = model, x, y, attacks
-        self.epsilon, self.broken, self.judge, self.seed = epsilon, broken, judge, seed
+        self.clean, self.held, self.judge, self.seed = clean, held, judge, seed
 
-    def __call__(self, count):
+    def __call__(self, count, epsilon=None):
         from keras_bidir import gallery
 
+        if epsilon is None:
+            epsilon, why = picture_radius(self.model, list(self.held))
+        else:
+            matches = [e for e in self.held if np.isclose(e, epsilon)]
+            if not matches:
+                raise ValueError(f"The report has no radius {epsilon:g}; it has "
+                                 f"{sorted(self.held)}.")
+            epsilon, why = matches[0], None
+        self.epsilon = epsilon
+        broken = np.flatnonzero(np.asarray(self.clean, bool) & ~np.asarray(self.held[epsilon], bool))
         fallback = None if _has_compiled_loss(self.model) else self.judge.fallback_loss(self.y)
-        rows = self.broken[:4 * count]
+        rows = broken[:4 * count]
         parts = []
         for name, attack in self.attacks.items():
             if not rows.size or sum(len(p) for p in parts) >= count:
@@ -661,8 +682,10 @@ class _ExampleFinder:
             rows = np.delete(rows, found.index)
         if not parts:
             return gallery.FlippedExamples(np.zeros((0,)), np.zeros((0,)), [], [], [], "none",
-                                           self.epsilon)
-        return gallery.FlippedExamples.concatenate(parts)
+                                           self.epsilon, radius_note=why)
+        found = gallery.FlippedExamples.concatenate(parts)
+        found.radius_note = why
+        return found
 
 
 def _suite_attacks(suite, attacks, epsilon, common, judge):

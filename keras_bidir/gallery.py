@@ -24,13 +24,15 @@ class FlippedExamples:
     """
 
     def __init__(self, clean, adversarial, labels, clean_predictions, adversarial_predictions,
-                 attack, epsilon, index=None):
+                 attack, epsilon, index=None, radius_note=None):
         self.clean, self.adversarial = np.asarray(clean), np.asarray(adversarial)
         self.labels = np.asarray(labels)
         self.clean_predictions = np.asarray(clean_predictions)
         self.adversarial_predictions = np.asarray(adversarial_predictions)
         self.attack, self.epsilon = attack, epsilon
         self.index = np.arange(len(self.labels)) if index is None else np.asarray(index)
+        #: Why this radius was shown (e.g. "the training ε"), for the title; or None.
+        self.radius_note = radius_note
 
     def __len__(self):
         return len(self.labels)
@@ -62,6 +64,7 @@ class FlippedExamples:
         name = (lambda k: str(class_names[k])) if class_names is not None else str
         rows = min(count, len(self))
         figure, axes = plt.subplots(rows, 3, figsize=(6.0, 2.0 * rows + 0.4), squeeze=False)
+        pictures = is_picture(self.clean[0])
         for i in range(rows):
             delta = self.adversarial[i] - self.clean[i]
             limit = float(np.abs(delta).max()) or 1.0
@@ -74,12 +77,17 @@ class FlippedExamples:
                                       f"{name(self.adversarial_predictions[i])}", (low, high), "gray"),
                 (delta, f"perturbation (max {limit:.3g})", (-limit, limit), "RdBu_r"),
             ]
-            for axis, (image, title, (vmin, vmax), colors) in zip(axes[i], panels):
-                axis.imshow(_as_picture(image), cmap=colors, vmin=vmin, vmax=vmax,
-                            interpolation="nearest")
+            for axis, (values, title, (vmin, vmax), colors) in zip(axes[i], panels):
+                if pictures:
+                    axis.imshow(_as_picture(values), cmap=colors, vmin=vmin, vmax=vmax,
+                                interpolation="nearest")
+                    axis.axis("off")
+                else:
+                    _draw_bars(axis, values, (vmin, vmax), colors == "RdBu_r")
                 axis.set_title(title, fontsize=8)
-                axis.axis("off")
-        figure.suptitle(f"{self.attack}, ε={self.epsilon:g}: {len(self)} flipped", fontsize=9)
+        note = f" ({self.radius_note})" if self.radius_note else ""
+        figure.suptitle(f"{self.attack}, ε={self.epsilon:g}{note}: {len(self)} flipped",
+                        fontsize=9)
         figure.tight_layout(rect=(0, 0, 1, 1 - 0.3 / (2.0 * rows + 0.4)))  # room for the title
         if path is not None:
             figure.savefig(path, dpi=100)
@@ -106,6 +114,30 @@ def _pyplot(path):
     except ImportError as error:
         raise ImportError("Pictures need matplotlib: pip install 'keras-bidir[plot]'.") from error
     return plt
+
+
+def is_picture(x):
+    """Whether one example's input is an image (drawn as one) rather than features (bars):
+    `(h, w)`, `(h, w, 1 or 3)`, or a flat vector of a square number (≥ 16) of pixels."""
+    x = np.asarray(x)
+    if x.ndim == 3:
+        return x.shape[-1] in (1, 3)
+    if x.ndim == 2:
+        return True
+    side = int(round(np.sqrt(x.size)))
+    return x.ndim == 1 and x.size >= 16 and side * side == x.size
+
+
+def _draw_bars(axis, values, limits, signed):
+    """One example's features as bars (tabular inputs); the perturbation red / blue by sign."""
+    values = np.asarray(values, dtype="float32").reshape(-1)
+    colors = (np.where(values >= 0, "tab:red", "tab:blue") if signed else "tab:gray")
+    axis.bar(np.arange(values.size), values, color=colors, width=0.8)
+    low, high = limits
+    pad = 0.05 * ((high - low) or 1.0)
+    axis.set_ylim(min(low, 0.0) - pad, max(high, 0.0) + pad)
+    axis.set_xlabel("feature", fontsize=7)
+    axis.tick_params(labelsize=6)
 
 
 def _as_picture(x):

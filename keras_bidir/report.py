@@ -197,27 +197,38 @@ class RobustnessReport:
             lines.append(f"- [{mark}] {check.name}: {check.message}")
         return "\n".join(lines)
 
-    def flipped_examples(self, count=8):
-        """Examples the attacks flip at the largest ε: a `gallery.FlippedExamples`.
+    def flipped_examples(self, count=8, epsilon=None):
+        """Examples the attacks flip at one radius: a `gallery.FlippedExamples`.
 
         Re-runs the attacks, in order, on the examples the evaluation found
-        broken (clean-correct, not robust), until `count` are found; cached.
+        broken at that radius (clean-correct, not robust), until `count` are
+        found; cached.
+
+        Args:
+            count: at most this many examples.
+            epsilon: the radius (default: the model's training ε when the
+                report has it, else the middle radius; the largest is where
+                nearly every example breaks). The pictures' title says which.
         """
         if self.example_finder is None:
             raise ValueError(
                 "This report has no examples to show: only reports of evaluate_robustness on a "
                 "classifier with one output have them (regression has no prediction to flip).")
-        if count not in self._examples:
-            self._examples[count] = self.example_finder(count)
-        return self._examples[count]
+        key = (count, epsilon)
+        if key not in self._examples:
+            self._examples[key] = self.example_finder(count, epsilon)
+        return self._examples[key]
 
-    def plot_examples(self, path=None, count=8, class_names=None):
+    def plot_examples(self, path=None, count=8, class_names=None, epsilon=None):
         """A grid of flipped examples: clean input, adversarial input, perturbation, both labels.
+
+        Images are drawn as images; other inputs (tabular features) as bars.
 
         Args:
             path: where to save a PNG; None returns the figure unsaved.
             count: at most this many examples (rows).
             class_names: optional names of the classes, for the titles.
+            epsilon: the radius (see `flipped_examples`).
 
         Returns:
             The matplotlib figure.
@@ -227,7 +238,7 @@ class RobustnessReport:
         >>> report = keras_bidir.evaluate_robustness(model, (x_test, y_test), [0.2])
         >>> report.plot_examples("flipped.png")
         """
-        return self.flipped_examples(count).plot(path, count, class_names)
+        return self.flipped_examples(count, epsilon).plot(path, count, class_names)
 
     def plot(self, path=None):
         """The measure against ε, one curve per attack plus the worst case.
@@ -249,11 +260,18 @@ class RobustnessReport:
         scale = 100 if self.is_accuracy else 1
         figure, axis = plt.subplots(figsize=(5.5, 3.8))
         xs = [0.0] + self.epsilons
-        for name, row in self.by_attack.items():
-            axis.plot(xs, [scale * self.clean] + [scale * row[e] for e in self.epsilons],
-                      marker="o", label=name, alpha=0.8)
+        # The worst case underneath as a wide band: an attack whose line coincides with it
+        # (the last of a cascade, the strongest of a set) stays visible on top.
         axis.plot(xs, [scale * self.clean] + [scale * self.worst_case[e] for e in self.epsilons],
-                  marker="s", color="black", linewidth=2, label="worst case")
+                  color="black", linewidth=7, alpha=0.2, solid_capstyle="round",
+                  label="worst case", zorder=1)
+        markers, styles = "os^vDP*X", ["-", "--", "-.", ":"]
+        for position, (name, row) in enumerate(self.by_attack.items()):
+            label = f"after {name}" if self.cascade else name
+            axis.plot(xs, [scale * self.clean] + [scale * row[e] for e in self.epsilons],
+                      marker=markers[position % len(markers)], markersize=4,
+                      linestyle=styles[position % len(styles)], linewidth=1.2, label=label,
+                      zorder=2 + position)
         axis.set_xlabel(f"ε ({self.norm})")
         if self.is_accuracy:
             axis.set_ylabel("accuracy (%)")
@@ -261,7 +279,7 @@ class RobustnessReport:
         else:
             axis.set_ylabel(f"{self.measure} (higher is worse)")
         axis.grid(alpha=0.3)
-        axis.legend()
+        axis.legend(fontsize=7)
         figure.tight_layout()
         if path is not None:
             figure.savefig(path, dpi=120)

@@ -145,12 +145,17 @@ def add_bench_arguments(parser):
                         "protocol's models (default: pgd7 trades7): figures and time")
     parser.add_argument("--eval-epsilons", type=_positive_float, nargs="+", default=[0.2],
                         metavar="EPS", help="--evaluation: the radii (default: 0.2)")
-    parser.add_argument("--configs", nargs="+", default=None,
+    parser.add_argument("--configs", nargs="+", default=None, metavar="NAME",
                         choices=sorted(set(BENCH_CONFIGS) | set(QUALITY_CONFIGS)),
-                        help="configurations to run (plain is always included); default: all "
-                             "of the mode's")
+                        help="configurations to run (plain is always included; default: all "
+                             "of the mode's). Step time: " + ", ".join(BENCH_CONFIGS)
+                             + ". --quality: " + ", ".join(QUALITY_CONFIGS) + ".")
     parser.add_argument("--protocols", nargs="+", default=list(QUALITY_PROTOCOLS),
                         choices=QUALITY_PROTOCOLS, help="--quality: the protocols to run")
+    parser.add_argument("--suite", default="standard", choices=["standard", "fast"],
+                        help="--quality: robust accuracy under AutoAttack's standard suite (the "
+                             "figure to report; default) beside the fast set, or the fast set "
+                             "alone (several times quicker)")
     parser.add_argument("--seeds", type=int, default=None,
                         help="--quality: seeds per configuration (default: 3 on digits, 1 on MNIST)")
     parser.add_argument("--batch-size", type=int, default=128)

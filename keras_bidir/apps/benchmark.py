@@ -319,7 +319,8 @@ def _run_frontier(args, info, command):
         raise SystemExit(f"keras-bidir bench --quality: {unknown} are step-time configurations; "
                          f"quality configurations: {', '.join(frontier.CONFIG_NAMES)}.")
     seeds = None if args.seeds is None else {p: args.seeds for p in args.protocols}
-    results = frontier.run(args.protocols, configs, seeds, args.output_dir)
+    results = frontier.run(args.protocols, configs, seeds, args.output_dir,
+                           suite=getattr(args, "suite", "standard"))
     for name, payload in results.items():
         payload.update(machine=info, command=command)
         path = os.path.join(args.output_dir, f"frontier_{name}.json")

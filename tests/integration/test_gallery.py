@@ -107,3 +107,50 @@ def test_perturbation_stats_lists_the_tokens_that_moved_most(tmp_path):
     (step, value), = _events(tmp_path)["perturbation/tokens_moved_most/embeddings"]
     text = value.tensor.string_val[0].decode()
     assert step == 1 and text.count("- example") == 4 and "`tok" in text
+
+
+def test_pictures_default_to_the_training_radius_and_keep_every_line_visible(trained_plain,
+                                                                             digits):
+    # Before: the largest ε (nearly everything broken), and the attack lines hidden under the
+    # worst-case line.
+    _, (x, y) = digits
+    model = kb.BidirectionalModel(trained_plain, policies.FGSM(0.05, **CLIP))
+    compile_classifier(model)
+    report = kb.evaluate_robustness(model, (x[:100], y[:100]), [0.02, 0.05, 0.3], checks=False,
+                                    verbose=0, suite="fast", cascade=True)
+    flipped = report.flipped_examples(count=2)
+    assert flipped.epsilon == 0.05 and flipped.radius_note == "the training ε"
+    figure = report.plot_examples(count=2)
+    assert "ε=0.05 (the training ε)" in figure._suptitle.get_text()
+    assert report.flipped_examples(count=2, epsilon=0.3).epsilon == 0.3
+    with pytest.raises(ValueError, match="no radius 0.1"):
+        report.flipped_examples(count=2, epsilon=0.1)
+    lines = report.plot().axes[0].get_lines()
+    worst = next(line for line in lines if line.get_label() == "worst case")
+    attacks = [line for line in lines if line is not worst]
+    assert [line.get_label() for line in attacks] == [f"after {n}" for n in report.accuracy]
+    assert all(line.get_zorder() > worst.get_zorder() for line in attacks)
+    # The cascade's last row coincides with the worst case and is drawn on top of it.
+    np.testing.assert_allclose(attacks[-1].get_ydata(), worst.get_ydata())
+    plain = kb.evaluate_robustness(trained_plain, (x[:100], y[:100]), [0.02, 0.05, 0.3],
+                                   checks=False, verbose=0, suite="fast")
+    assert plain.flipped_examples(count=1).radius_note == "the middle radius"
+
+
+def test_tabular_examples_are_drawn_as_feature_bars():
+    from sklearn.datasets import load_breast_cancer
+
+    data = load_breast_cancer()
+    x = ((data.data - data.data.min(0)) / np.ptp(data.data, 0)).astype("float32")
+    y = data.target.astype("float32")
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((30,)), keras.layers.Dense(1)])
+    model.compile(optimizer=keras.optimizers.Adam(0.05),
+                  loss=keras.losses.BinaryCrossentropy(from_logits=True))
+    model.fit(x, y, epochs=10, verbose=0)
+    flipped = gallery.flipped_examples(model, x[:100], y[:100], policies.PGD(0.2, steps=10, **CLIP))
+    assert len(flipped) > 0 and not gallery.is_picture(flipped.clean[0])
+    figure = flipped.plot(count=1)
+    for axis in figure.axes:  # bars of the 30 features, not a 1-pixel strip
+        assert len(axis.patches) == 30 and not axis.images
+    assert gallery.is_picture(np.zeros(64)) and gallery.is_picture(np.zeros((8, 8, 1)))

@@ -80,3 +80,24 @@ def test_project_metadata_has_no_deprecated_license_table():
     assert "clip_min=0.0, clip_max=1.0)" in quick_start.split("evaluate_robustness")[1]
     assert "nonfinite_batches" in quick_start
     assert "outputs/demo/bidirectional.keras" in readme
+
+
+def test_the_quick_start_run_as_a_script_starts_quietly():
+    # Before: TensorFlow's native start-up block, twice, and a `failed call to cuInit` line.
+    readme = open(os.path.join(ROOT, "README.md")).read()
+    code = readme[readme.index("## Quick start"):].split("```python\n")[1].split("```")[0]
+    head = code[:code.index("import keras_bidir as kb")] + "import keras_bidir as kb\n"
+    assert "import_quietly()" in head.split("import keras\n")[0]  # before Keras loads TensorFlow
+    run, _ = _timed([sys.executable, "-c", head], {"KERAS_BACKEND": "tensorflow"})
+    assert run.returncode == 0 and run.stderr == "", run.stderr
+
+
+def test_bench_help_names_each_configuration_once():
+    import keras_bidir_cli
+
+    parser = keras_bidir_cli.build_parser()
+    bench = parser._subparsers._group_actions[0].choices["bench"]
+    text = bench.format_help()
+    for name in set(keras_bidir_cli.BENCH_CONFIGS) | set(keras_bidir_cli.QUALITY_CONFIGS):
+        assert text.count(name) >= 1
+    assert text.count("prior_fgsm_example_cyclic") == 1  # the choices were listed twice
