@@ -298,9 +298,9 @@ class Step:
         model.adv_loss_tracker.update_state(kept(adv_loss), sample_weight=weight)
         if clean_loss is not None and model.clean_weight > 0:
             model.clean_loss_tracker.update_state(kept(clean_loss), sample_weight=weight)
+        norm = perturbation_norm(self.policy.norm, self.clean, adversarial)
         model.perturbation_norm_tracker.update_state(
-            kept(perturbation_norm(self.policy.norm, self.clean, adversarial)),
-            sample_weight=ops.cast(finite, "float32"))
+            ops.where(finite, norm, 0.0), sample_weight=ops.cast(finite, "float32"))
         if model._adv_compile_metrics is not None and self.y is not None:
             self._update_metrics(model._adv_compile_metrics, adv_outputs, finite)
 
