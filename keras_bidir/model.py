@@ -17,6 +17,7 @@ from keras_bidir import inputs as inputs_lib
 from keras_bidir import losses as losses_lib
 from keras_bidir import outputs as outputs_lib
 from keras_bidir import policies as policies_lib
+from keras_bidir import steps
 from keras_bidir import trainer
 from keras_bidir import weight_policies as weight_policies_lib
 from keras_bidir.policies.base import seed_generators
@@ -826,14 +827,14 @@ class BidirectionalModel(keras.Model):
 
     def train_step(self, *args):
         # The step is described backend-neutrally in keras_bidir.trainer; the
-        # active backend orders its calls (keras_bidir/backend/<name>.py).
+        # active backend orders its calls (keras_bidir/steps/<name>.py).
         # TensorFlow passes `data`, JAX `state, data`.
-        return backend.train_step(self, *args)
+        return steps.train_step(self, *args)
 
     def test_step(self, *args):
         *state, data = args
         data = _without_example_index(data)  # validation_split keeps fit's index
-        return backend.test_step(self, *state, data, lambda: self._test_logs(data))
+        return steps.test_step(self, *state, data, lambda: self._test_logs(data))
 
     def _test_logs(self, data):
         """The clean loss and compiled metrics of one batch (Keras' test step), as logs."""

@@ -3,7 +3,7 @@
 A `Step` holds one batch's pieces (labels and their mask, the perturbation
 sites and their clean values, the policy context) and describes in
 `keras.ops` the objective, one weight update and the bookkeeping around it.
-Each backend's `train_step` (`keras_bidir/backend/<name>.py`) only orders these
+Each backend's `train_step` (`keras_bidir/steps/<name>.py`) only orders these
 calls, the way Keras splits `trainers/trainer.py` from
 `backend/<name>/trainer.py`:
 

@@ -28,7 +28,7 @@ EPSILON, STEPS = 0.2, 100
 
 def keras_side(output):
     from keras_bidir import evaluation, policies
-    from keras_bidir.apps import frontier
+    from keras_bidir_cli import frontier
 
     protocol = frontier.PROTOCOLS["digits"]
     (x_train, y_train), (x_test, y_test) = protocol.load()

@@ -16,10 +16,10 @@ gets one module here exposing the same small set of functions:
   variables.
 - `accumulate(total, gradients, weight)`: running weighted sum of gradients
   (whatever sparse form the backend produces).
-- `train_step(model, *args)`: the training step, ordering the calls of the
-  backend-neutral `keras_bidir.trainer.Step` (`data` on TensorFlow, `state,
-  data` on JAX); `test_step` likewise; `sync_state(model)` writes a running
-  JAX fit's state back into the variables (callbacks that read or set them).
+- `sync_state(model)` writes a running JAX fit's state back into the
+  variables (callbacks that read or set them). The steps that order the
+  trainer's calls per backend sit above this package, in `keras_bidir.steps`:
+  these primitives never import the trainer.
 
 and the distribution helpers (no-ops without a strategy): `distributed`,
 `replica_position`, `num_replicas`, `replica_rows` (this replica's rows of a
@@ -60,8 +60,6 @@ _NAMES = (
     "strategy_scope",
     "switch",
     "sync_state",
-    "test_step",
-    "train_step",
     "value_and_gradients",
     "variable_gradients",
 )

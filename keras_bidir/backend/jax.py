@@ -300,7 +300,7 @@ def apply_loss_scaled(optimizer, gradients, variables):
         scope.map(variable, value) if isinstance(scope, _Scope) else variable.assign(value)
 
 
-# -- the step -----------------------------------------------------------------------
+# -- the model's state, threaded -------------------------------------------------------
 
 
 def _state_variables(model, optimizer=True):
@@ -311,8 +311,12 @@ def _state_variables(model, optimizer=True):
     return groups
 
 
-def _stateful(model, state, run, optimizer=True):
-    """Runs `run()` with the model's variables holding `state`; `(result, new state)`."""
+def stateful(model, state, run, optimizer=True):
+    """Runs `run()` with the model's variables holding `state`; `(result, new state)`.
+
+    Keras' JAX trainer's shape: the state is `(trainable, non-trainable, optimizer,
+    metrics)` values; the step itself is written against variables (`keras_bidir.steps`).
+    """
     groups = _state_variables(model, optimizer)
     scope = _Scope()
     for variables, values in zip(groups, state):
@@ -329,37 +333,6 @@ def _stateful(model, state, run, optimizer=True):
             "Attach them to the model (e.g. as attributes of a layer) so JAX can thread them.")
     new_state = tuple([scope.state_mapping[id(v)] for v in variables] for variables in groups)
     return result, new_state
-
-
-def train_step(model, state, data):
-    """The JAX training step: `(logs, state)` from `(state, data)`, as Keras' JAX trainer.
-
-    `keras_bidir.trainer.run_step`, as on TensorFlow, inside the state's scope;
-    replay policies' extra updates run in a `fori_loop` that threads the state.
-    """
-    from keras_bidir.trainer import run_step
-
-    return _stateful(model, state, lambda: run_step(model, data, _replay))
-
-
-def _replay(step, adversarial, state, finite, gradients):
-    """Weight updates 2..m of a replay policy."""
-    total = step.collect(None, gradients)
-    if step.policy.replays > 1:
-        def body(_, carry):
-            adv, st, finite_so_far, acc = carry
-            adv, st, ok, grads, _ = step.weight_update(list(adv), list(st))
-            return adv, st, jnp.logical_and(finite_so_far, ok), step.collect(list(acc), grads)
-
-        _, state, finite, total = fori_loop(
-            1, step.policy.replays, body, (adversarial, state, finite, total))
-    step.apply_collected(total, finite)
-    return list(state), finite
-
-
-def test_step(model, state, data, run):
-    """The JAX test step: `run()` (the backend-neutral test step) with the model's state."""
-    return _stateful(model, state, run, optimizer=False)
 
 
 # -- distribution: keras.distribution.DataParallel -----------------------------------

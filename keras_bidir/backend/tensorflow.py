@@ -33,35 +33,6 @@ def value_and_gradients(fn, variables, tensors):
     return value, aux, variable_grads, tensor_grads
 
 
-def train_step(model, data):
-    """The TensorFlow training step: `keras_bidir.trainer.run_step` with a graph replay loop."""
-    from keras_bidir.trainer import run_step
-
-    return run_step(model, data, _replay)
-
-
-def _replay(step, adversarial, state, finite, gradients):
-    """Weight updates 2..m of a replay policy."""
-    total = step.collect(None, gradients)
-    if tf.distribute.has_strategy():
-        # The weight update synchronizes the replicas, which a graph loop may
-        # not contain: unroll the replays.
-        for _ in range(1, step.policy.replays):
-            adversarial, state, ok, grads, _ = step.weight_update(adversarial, state)
-            finite, total = tf.logical_and(finite, ok), step.collect(total, grads)
-    elif step.policy.replays > 1:
-        # A graph loop, so that the traced graph does not grow with the replays.
-        def body(_, carry):
-            adv, st, finite_so_far, acc = carry
-            adv, st, ok, grads, _ = step.weight_update(list(adv), list(st))
-            return adv, st, tf.logical_and(finite_so_far, ok), step.collect(list(acc), grads)
-
-        _, state, finite, total = keras.ops.fori_loop(
-            1, step.policy.replays, body, (adversarial, state, finite, total))
-    step.apply_collected(total, finite)
-    return list(state), finite
-
-
 def variable_gradients(fn, variables, tensors):
     """Gradients of `fn(tensors)` with respect to `variables` only (dense).
 
@@ -128,12 +99,6 @@ def fori_loop(lower, upper, body, init):
 def switch(index, branches, *operands):
     """`keras.ops.switch` (its branches may assign variables)."""
     return keras.ops.switch(index, branches, *operands)
-
-
-def test_step(model, data, run):
-    """The TensorFlow test step: `run()`, the backend-neutral test step."""
-    del model, data
-    return run()
 
 
 def fit_guard(model):

@@ -1,7 +1,5 @@
 """Input policies: how the inputs move along (or regardless of) their gradient."""
 
-import keras
-
 from keras_bidir.policies.adaptive import ATAS
 from keras_bidir.policies.apgd import APGD
 from keras_bidir.policies.apgd import APGDTargeted
@@ -24,59 +22,9 @@ from keras_bidir.policies.gradient import PGD
 from keras_bidir.policies.gradient import RandomFGSM
 from keras_bidir.policies.noise import GaussianNoise
 from keras_bidir.policies.prior import PriorGuidedFGSM
+from keras_bidir.policies.registry import get
+from keras_bidir.policies.registry import names
 from keras_bidir.policies.square import Square
-
-_BY_NAME = {
-    "fgsm": FGSM,
-    "random_fgsm": RandomFGSM,
-    "nfgsm": NFGSM,
-    "prior_guided_fgsm": PriorGuidedFGSM,
-    "fgsm_pgi": PriorGuidedFGSM,
-    "mart": MART,
-    "atas": ATAS,
-    "pgd": PGD,
-    "apgd": APGD,
-    "free": FreeAdversarial,
-    "free_adversarial": FreeAdversarial,
-    "freelb": FreeLB,
-    "gaussian_noise": GaussianNoise,
-    "trades": TRADES,
-    "vat": VAT,
-}
-
-
-def names():
-    """The policy names accepted by `get` and the CLI."""
-    return sorted(_BY_NAME)
-
-
-def get(identifier, **kwargs):
-    """Returns a policy from a policy, a config dict, or a name plus arguments.
-
-    Args:
-        identifier: an `InputPolicy`, a serialized config dict, or a name
-            from `names()` (e.g. `"pgd"`).
-        **kwargs: constructor arguments when `identifier` is a name.
-
-    Example:
-
-    >>> keras_bidir.policies.get("pgd", epsilon=0.2, steps=7)
-    """
-    if isinstance(identifier, InputPolicy):
-        return identifier
-    if isinstance(identifier, dict):
-        return keras.saving.deserialize_keras_object(identifier)
-    if isinstance(identifier, str):
-        key = identifier.lower().replace("-", "_")
-        if key not in _BY_NAME:
-            raise ValueError(
-                f"Unknown policy {identifier!r}. Known policies: {', '.join(names())}."
-            )
-        return _BY_NAME[key](**kwargs)
-    raise TypeError(
-        f"Expected an InputPolicy, a config dict or a policy name, got {identifier!r}."
-    )
-
 
 __all__ = [
     "InputPolicy",

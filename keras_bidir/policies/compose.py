@@ -4,13 +4,12 @@ import keras
 from keras import ops
 
 from keras_bidir import backend
+from keras_bidir.policies import registry
 from keras_bidir.policies.base import InputPolicy
 
 
 def _check_members(policies, name):
-    from keras_bidir import policies as policies_lib
-
-    policies = [policies_lib.get(p) for p in policies]
+    policies = [registry.get(p) for p in policies]
     if not policies:
         raise ValueError(f"{name} needs at least one policy.")
     for policy in policies:

@@ -4,7 +4,7 @@ import numpy as np
 
 import keras_bidir as kb
 from keras_bidir import evaluation, policies
-from keras_bidir.apps.demo import digits_cnn
+from keras_bidir_cli.demo import digits_cnn
 from conftest import compile_classifier, tiny_cnn
 
 CLIP = {"clip_min": 0.0, "clip_max": 1.0}

@@ -5,7 +5,7 @@ import pytest
 
 import keras_bidir as kb
 from keras_bidir import callbacks, evaluation, policies
-from keras_bidir.apps.demo import _compile, digits_cnn
+from keras_bidir_cli.demo import _compile, digits_cnn
 
 CLIP = {"clip_min": 0.0, "clip_max": 1.0}
 # The collapse is a property of one run, not of every seed, and which seeds collapse moves

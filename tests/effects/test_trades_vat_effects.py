@@ -10,7 +10,7 @@ import pytest
 
 import keras_bidir as kb
 from keras_bidir import policies
-from keras_bidir.apps.demo import digits_cnn
+from keras_bidir_cli.demo import digits_cnn
 
 CLIP = {"clip_min": 0.0, "clip_max": 1.0}
 LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)

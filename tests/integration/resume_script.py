@@ -15,7 +15,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import keras_bidir as kb  # noqa: E402
-from keras_bidir.apps.demo import digits_cnn  # noqa: E402
+from keras_bidir_cli.demo import digits_cnn  # noqa: E402
 
 
 POLICIES = {

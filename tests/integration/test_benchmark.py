@@ -3,7 +3,8 @@ import json
 import numpy as np
 import pytest
 
-from keras_bidir.apps import benchmark, cli
+import keras_bidir_cli as cli
+from keras_bidir_cli import benchmark
 
 
 def test_targets_follow_the_issue():
@@ -47,7 +48,7 @@ def _row(name, seed, seconds, worst, clean=0.98):
 
 
 def test_frontier_summary_ratios_per_seed_and_marks_the_undominated(tmp_path):
-    from keras_bidir.apps import frontier
+    from keras_bidir_cli import frontier
 
     rows = [_row("plain", 0, 10.0, 0.0), _row("plain", 1, 20.0, 0.02),
             _row("fgsm", 0, 15.0, 0.50), _row("fgsm", 1, 30.0, 0.54),      # 1.5x, 52 %
@@ -75,7 +76,7 @@ def test_frontier_summary_ratios_per_seed_and_marks_the_undominated(tmp_path):
 
 
 def test_a_collapse_counts_once_until_robustness_recovers():
-    from keras_bidir.apps.frontier import collapse_events
+    from keras_bidir_cli.frontier import collapse_events
 
     assert collapse_events([0.1, 0.4, 0.5, 0.52]) == 0
     assert collapse_events([0.1, 0.5, 0.45, 0.32]) == 0    # −18 points: not a collapse
@@ -87,7 +88,7 @@ def test_a_collapse_counts_once_until_robustness_recovers():
 def test_frontier_run_trains_times_and_evaluates_a_recipe():
     import dataclasses
 
-    from keras_bidir.apps import frontier
+    from keras_bidir_cli import frontier
 
     protocol = dataclasses.replace(frontier.PROTOCOLS["digits"], epochs=6)  # 1 epoch of free-8
     (x, y), (x_test, y_test) = protocol.load()
@@ -100,7 +101,7 @@ def test_frontier_run_trains_times_and_evaluates_a_recipe():
 
 
 def test_evaluation_bench_times_both_suites_and_tabulates_them(trained_plain, digits):
-    from keras_bidir.apps import evaluation_bench
+    from keras_bidir_cli import evaluation_bench
 
     _, (x, y) = digits
     rows = evaluation_bench.evaluate_both(trained_plain, x[:60], y[:60], [0.3], seed=0)

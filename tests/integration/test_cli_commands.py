@@ -6,7 +6,7 @@ import shlex
 
 import pytest
 
-from keras_bidir.apps import cli
+import keras_bidir_cli as cli
 
 
 def test_unknown_policy_is_a_clear_error(capsys):

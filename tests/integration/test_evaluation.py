@@ -99,7 +99,7 @@ def test_evaluate_robustness_accepts_datasets_and_custom_attacks(trained_plain, 
 
 def test_strongest_attack_beats_or_ties_pgd20_on_adversarially_trained_model(digits):
     (x_train, y_train), (x_test, y_test) = digits
-    from keras_bidir.apps.demo import digits_cnn
+    from keras_bidir_cli.demo import digits_cnn
 
     model = kb.BidirectionalModel(digits_cnn(0), policies.PGD(0.2, steps=3, **CLIP), seed=0)
     compile_classifier(model)

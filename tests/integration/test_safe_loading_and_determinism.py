@@ -67,7 +67,7 @@ def test_crafted_config_cannot_run_code(tmp_path, small_batch):
         keras.models.load_model(crafted, safe_mode=True)
     assert not marker.exists()
     # The CLI loads with safe_mode=True unless --unsafe is given.
-    result = subprocess.run([sys.executable, "-m", "keras_bidir.apps.cli", "evaluate", str(crafted),
+    result = subprocess.run([sys.executable, "-m", "keras_bidir_cli.commands", "evaluate", str(crafted),
                              "--limit", "10", "--output-dir", str(tmp_path / "out")],
                             capture_output=True, text=True)
     assert result.returncode != 0 and "safe_mode" in result.stderr
@@ -80,7 +80,7 @@ def test_two_seeded_runs_give_identical_weights(digits):
         "import keras, numpy as np, tensorflow as tf, keras_bidir as kb, sys\n"
         "keras.utils.set_random_seed(1); tf.config.experimental.enable_op_determinism()\n"
         "(x, y), _ = kb.datasets.load_digits()\n"
-        "from keras_bidir.apps.demo import digits_cnn\n"
+        "from keras_bidir_cli.demo import digits_cnn\n"
         "m = kb.BidirectionalModel(digits_cnn(1), kb.policies.RandomFGSM(0.2, clip_min=0.0, clip_max=1.0), seed=3)\n"
         "m.compile('adam', keras.losses.SparseCategoricalCrossentropy(from_logits=True))\n"
         "m.fit(x[:512], y[:512], batch_size=64, epochs=2, verbose=0)\n"

@@ -34,7 +34,7 @@ def test_help_answers_without_importing_tensorflow():
 
 def test_parser_choices_match_the_library():
     import keras_bidir_cli
-    from keras_bidir.apps import benchmark, frontier
+    from keras_bidir_cli import benchmark, frontier
     from keras_bidir import policies
 
     assert keras_bidir_cli.POLICY_NAMES == tuple(policies.names())
@@ -62,7 +62,7 @@ def test_jax_start_is_quiet_and_does_not_load_tensorflow():
 
 
 def test_plot_without_matplotlib_is_not_announced(monkeypatch, tmp_path, capsys):
-    from keras_bidir.apps import demo
+    from keras_bidir_cli import demo
 
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     rows = {"plain": {"clean_accuracy": 1.0, "pgd20x2_accuracy": {"0.2": 0.5},

@@ -44,7 +44,7 @@ class Protocol:
         return datasets.load(self.name)
 
     def model(self, seed):
-        from keras_bidir.apps import demo
+        from keras_bidir_cli import demo
 
         return demo.digits_cnn(seed) if self.name == "digits" else mnist_cnn(seed)
 
@@ -409,9 +409,9 @@ def table(summary):
 
 def plot(payloads, path):
     """Robust accuracy against training time, one panel per protocol; False without matplotlib."""
-    from keras_bidir.apps.benchmark import _pyplot
+    from keras_bidir_cli import plotting
 
-    plt = _pyplot()
+    plt = plotting.pyplot()
     if plt is None:
         return False
     figure, axes = plt.subplots(1, len(payloads), figsize=(6.2 * len(payloads), 4.4), squeeze=False)

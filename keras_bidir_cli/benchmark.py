@@ -8,14 +8,14 @@ allocator peak (reset per configuration); on a CPU, where TensorFlow keeps no
 allocator statistics, the peak-RSS increase of a child process per
 configuration that runs the same steps.
 
-Quality (`--quality`, `keras_bidir.apps.frontier`): on the digits and the
+Quality (`--quality`, `keras_bidir_cli.frontier`): on the digits and the
 MNIST-5k protocols, every policy and recipe trained per seed next to plain
 `fit`: clean accuracy, worst-case robust accuracy, training time relative to
 plain, catastrophic-overfitting events, and the frontier.
 
     keras-bidir bench                 # speed and memory table, JSON to outputs/bench/
     keras-bidir bench --quality       # the robustness-versus-time frontier, both protocols
-    python -m keras_bidir.apps.benchmark   # the same
+    python -m keras_bidir_cli.benchmark   # the same
 """
 
 import argparse
@@ -25,6 +25,8 @@ import platform
 import subprocess
 import sys
 import time
+
+from keras_bidir_cli import plotting
 
 _SPATIAL = "[keras.layers.RandomTranslation(0.1, 0.1), keras.layers.RandomRotation(0.05)]"
 
@@ -64,7 +66,7 @@ def _build(name, seed=0, jit_compile="auto"):
     import keras
 
     from keras_bidir import policies  # noqa: F401  (used by eval of CONFIGS)
-    from keras_bidir.apps.demo import digits_cnn
+    from keras_bidir_cli.demo import digits_cnn
     from keras_bidir.model import BidirectionalModel
 
     base = digits_cnn(seed)
@@ -166,7 +168,7 @@ def measure_cpu_memory(names, batch_size=128, steps=20):
     result = {}
     for name in names:
         out = subprocess.run(
-            [sys.executable, "-m", "keras_bidir.apps.benchmark", "--child-memory", name,
+            [sys.executable, "-m", "keras_bidir_cli.benchmark", "--child-memory", name,
              "--batch-size", str(batch_size), "--steps", str(steps)],
             capture_output=True, text=True, check=True,
             env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
@@ -218,27 +220,16 @@ def speed_table(medians, replays, memory):
 
 def build_parser(parser=None):
     """The `keras-bidir bench` arguments (defined in `keras_bidir_cli`)."""
-    from keras_bidir_cli import add_bench_arguments
+    from keras_bidir_cli.parser import add_bench_arguments
 
     return add_bench_arguments(parser or argparse.ArgumentParser(
         prog="keras-bidir bench", description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter))
 
 
-def _pyplot():
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return None
-    return plt
-
-
 def plot(payload, path):
     """Draws a speed JSON payload as a PNG; False without matplotlib."""
-    plt = _pyplot()
+    plt = plotting.pyplot()
     if plt is None:
         return False
     names = list(payload["ratio_to_plain"])
@@ -311,7 +302,7 @@ def run(args):
 
 def _run_frontier(args, info, command):
     """`--quality`: the robustness-versus-training-time frontier on each protocol."""
-    from keras_bidir.apps import frontier
+    from keras_bidir_cli import frontier
 
     configs = args.configs or list(frontier.CONFIG_NAMES)
     unknown = [n for n in configs if n not in frontier.CONFIG_NAMES]
@@ -337,7 +328,7 @@ def _run_frontier(args, info, command):
 
 def _run_evaluation(args, info, command):
     """`--evaluation`: the standard suite against the fast set, figures and time."""
-    from keras_bidir.apps import evaluation_bench
+    from keras_bidir_cli import evaluation_bench
 
     payload = evaluation_bench.run(args.configs, args.eval_epsilons)
     payload.update(machine=info, command=command)

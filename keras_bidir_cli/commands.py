@@ -1,14 +1,10 @@
 """The commands of `keras-bidir`: demo, evaluate, bench.
 
-The argument parser lives in `keras_bidir_cli`, which imports nothing heavy;
-`main` here is kept for `python -m keras_bidir.apps.cli` and earlier callers.
+The argument parser lives in `keras_bidir_cli.parser`, which imports nothing
+heavy; `keras_bidir_cli.main` parses, then runs `run(args)` from here.
 """
 
 import os
-import sys
-
-from keras_bidir_cli import build_parser  # noqa: F401  (re-exported)
-from keras_bidir_cli import main
 
 
 def _load(path, safe_mode):
@@ -80,7 +76,7 @@ def _evaluate(args):
 def run(args):
     """Runs a parsed `keras-bidir` command; returns the exit code."""
     if args.command == "demo":
-        from keras_bidir.apps.demo import run_demo
+        from keras_bidir_cli.demo import run_demo
 
         run_demo(
             policy=args.policy,
@@ -98,11 +94,7 @@ def run(args):
     if args.command == "evaluate":
         return _evaluate(args)
     if args.command == "bench":
-        from keras_bidir.apps import benchmark
+        from keras_bidir_cli import benchmark
 
         return benchmark.run(args)
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

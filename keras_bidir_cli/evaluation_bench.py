@@ -37,7 +37,7 @@ def run(configs=None, epsilons=(0.2,), seed=0, verbose=True):
         A JSON-ready dict: per configuration, the training seconds and both
         suites' figures and times.
     """
-    from keras_bidir.apps import frontier
+    from keras_bidir_cli import frontier
 
     protocol = frontier.PROTOCOLS["digits"]
     (x_train, y_train), (x_test, y_test) = protocol.load()
