@@ -67,7 +67,7 @@ def test_crafted_config_cannot_run_code(tmp_path, small_batch):
         keras.models.load_model(crafted, safe_mode=True)
     assert not marker.exists()
     # The CLI loads with safe_mode=True unless --unsafe is given.
-    result = subprocess.run([sys.executable, "-m", "keras_bidir_cli.commands", "evaluate", str(crafted),
+    result = subprocess.run([sys.executable, "-m", "keras_bidir_cli", "evaluate", str(crafted),
                              "--limit", "10", "--output-dir", str(tmp_path / "out")],
                             capture_output=True, text=True)
     assert result.returncode != 0 and "safe_mode" in result.stderr
