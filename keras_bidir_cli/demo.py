@@ -111,7 +111,8 @@ def run_demo(
     print(
         "\nEvaluating on the test set: the protocol's PGD-20 (2 restarts) and the fast suite's"
         " worst case (FGSM, PGD-20x2, APGD-CE, APGD-DLR) at every ε; AutoAttack's standard suite"
-        f" (APGD-CE, APGD-T, FAB-T, Square, in cascade) at the training ε={epsilon:g}"
+        f" (APGD-CE, APGD-T, FAB-T, Square, then PGD-20x2 and APGD-DLR, in cascade) at the"
+        f" training ε={epsilon:g}"
     )
     for label, model in models.items():
         report = evaluate_robustness(

@@ -57,14 +57,17 @@ def run(configs=None, epsilons=(0.2,), seed=0, verbose=True):
 
 def table(payload):
     """A Markdown table: per model and ε, the fast worst case, the standard suite, the times."""
-    header = ["model", "clean", "ε", "fast: worst case", "standard: after APGD-CE / APGD-T / "
-              "FAB-T / Square", "fast s", "standard s", "standard ÷ fast"]
+    rows = list(payload["results"].values())
+    stages = list(rows[0]["standard"]["attacks"]) if rows else []
+    header = ["model", "clean", "ε", "fast: worst case",
+              "standard: after " + " / ".join(stages), "fast s", "standard s", "standard ÷ fast"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, row in payload["results"].items():
         fast, standard = row["fast"], row["standard"]
         for e in payload["epsilons"]:
             key = str(float(e))
-            steps = " / ".join(f"{r[key]:.1%}" for r in standard["attacks"].values())
+            steps = " / ".join(f"{standard['attacks'][s][key]:.1%}"
+                               if s in standard["attacks"] else "–" for s in stages)
             lines.append(f"| {name} | {fast['clean_accuracy']:.1%} | {e:g} | "
                          f"{fast['robust_accuracy'][key]:.1%} | {steps} | {fast['seconds']:.0f} | "
                          f"{standard['seconds']:.0f} | {row['standard_over_fast']:.2f} |")
