@@ -243,11 +243,7 @@ def plot(payload, path):
     axis.set_xticks(list(positions), names, rotation=30, ha="right")
     axis.set_ylabel("step time / plain fit()")
     axis.set_title(f"median step time ({payload['machine']['device']})", fontsize=9)
-    axis.grid(alpha=0.3)
-    axis.legend()
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    plotting.save(figure, axis, path, dpi=110)
     return True
 
 

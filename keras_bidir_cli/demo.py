@@ -11,6 +11,7 @@ from keras_bidir import datasets
 from keras_bidir.evaluation import evaluate_robustness
 from keras_bidir import policies
 from keras_bidir.model import BidirectionalModel
+from keras_bidir_cli import plotting
 
 DEFAULT_EPSILONS = (0.1, 0.2, 0.3)
 
@@ -219,9 +220,5 @@ def plot_rows(rows, epsilons, path, policy_name):
     axis.set_xlabel("L∞ ε")
     axis.set_ylabel("accuracy (%)")
     axis.set_ylim(0, 100)
-    axis.grid(alpha=0.3)
-    axis.legend()
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+    plotting.save(figure, axis, path, dpi=120)
     return path

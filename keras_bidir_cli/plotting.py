@@ -11,3 +11,12 @@ def pyplot():
     except ImportError:
         return None
     return plt
+
+
+def save(figure, axis, path, dpi):
+    """Grid and legend on `axis`, then `figure` saved to `path` and closed."""
+    axis.grid(alpha=0.3)
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=dpi)
+    pyplot().close(figure)

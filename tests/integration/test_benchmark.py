@@ -93,11 +93,34 @@ def test_frontier_run_trains_times_and_evaluates_a_recipe():
     protocol = dataclasses.replace(frontier.PROTOCOLS["digits"], epochs=6)  # 1 epoch of free-8
     (x, y), (x_test, y_test) = protocol.load()
     data = ((x[:256], y[:256]), (x_test[:64], y_test[:64]))
+    # The standard suite's own path is timed and checked by the --evaluation test below.
     row = frontier.train_and_evaluate(protocol, "recipe_fast", frontier._configs()["recipe_fast"],
-                                      0, data)
+                                      0, data, suite="fast")
     assert row["epochs"] == 1 and row["train_seconds"] > 0 and row["plain_seconds"] > 0
     assert 0.0 <= row["worst_case_accuracy"] <= row["pgd20x2_accuracy"] <= row["clean_accuracy"]
-    assert row["overfitting_events"] == 0
+    assert row["overfitting_events"] == 0 and "autoattack_accuracy" not in row
+
+
+def test_frontier_summary_is_drawn_on_autoattack_when_every_run_has_it():
+    from keras_bidir_cli import frontier
+
+    def row(name, seed, seconds, fast, standard):
+        return {"name": name, "seed": seed, "epochs": 30, "train_seconds": seconds,
+                "plain_seconds": 10.0, "clean_accuracy": 0.98, "pgd20x2_accuracy": fast + 0.02,
+                "worst_case_accuracy": fast, "autoattack_accuracy": standard,
+                "overfitting_events": 0}
+
+    rows = [row("plain", 0, 10.0, 0.01, 0.0), row("a", 0, 15.0, 0.70, 0.60),
+            row("b", 0, 30.0, 0.65, 0.64)]  # b: weaker on the fast set, stronger under AutoAttack
+    summary = frontier.summarize(rows)
+    assert frontier.robust_measure(summary) == "autoattack_accuracy"
+    assert summary["b"]["frontier"] and summary["a"]["frontier"]
+    assert summary["b"]["autoattack_accuracy"] == 0.64
+    text = frontier.table(summary)
+    assert "**AutoAttack (standard suite)**" in text and "**64.0%**" in text
+    del rows[2]["autoattack_accuracy"]  # one run without it: the fast set is the measure
+    assert frontier.robust_measure(frontier.summarize(rows)) == "worst_case_accuracy"
+    assert "AutoAttack" not in frontier.table(frontier.summarize(rows))
 
 
 def test_evaluation_bench_times_both_suites_and_tabulates_them(trained_plain, digits):
