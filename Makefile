@@ -36,7 +36,7 @@ test: $(STAMP)
 	@echo "== 1/2: the whole suite on $(BACKEND) =="
 	KERAS_BACKEND=$(BACKEND) $(BIN)/python -m pytest -m "not slow" -n $(TEST_WORKERS) --dist worksteal
 	@echo "== 2/2: the backend-dependent tests (-m backends) on $(OTHER_BACKEND) =="
-	KERAS_BACKEND=$(OTHER_BACKEND) $(BIN)/python -m pytest -m "backends and not slow" -n $(TEST_WORKERS) --dist worksteal --durations=5
+	KERAS_BACKEND=$(OTHER_BACKEND) $(BIN)/python -m pytest -m "backends and not slow" -n $(TEST_WORKERS) --dist worksteal --durations=15
 
 test-all: $(STAMP)
 	KERAS_BACKEND=$(BACKEND) $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist worksteal
