@@ -1,7 +1,7 @@
 """What TRADES and VAT are for, measured on the bundled digits.
 
 Figures in docs/augmentation-trades-vat.md come from the same code paths
-(the slow test is the full digits protocol).
+(the slow tests: the full digits protocol, and VAT with 100 labels).
 """
 
 import keras
@@ -90,6 +90,8 @@ def test_trades_on_the_digits_protocol(digits):
     assert results["trades_6"][0] <= results["trades_1"][0]
 
 
+@pytest.mark.slow  # the mechanics (unlabeled rows, frozen statistics) stay in make test:
+# test_trades_vat_augmentation.py::test_vat_takes_unlabeled_examples_and_freezes_batchnorm_statistics
 def test_vat_with_100_labels_beats_supervised_training_on_them(digits):
     """100 labeled digits (10 per class) plus the other 1300 unlabeled (label -1).
 
