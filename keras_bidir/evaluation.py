@@ -23,27 +23,6 @@ def _single_restart(policy):
     return policy.__class__.from_config(config), restarts
 
 
-def predicted_labels(outputs, model=None, kind=None):
-    """Class predictions from model outputs (logits or probabilities).
-
-    Args:
-        outputs: one output head's values.
-        model: the model, consulted when `kind` is not given.
-        kind: an `OutputKind` saying how to read the outputs.
-    """
-    if kind is None:
-        if np.ndim(outputs) >= 2 and np.shape(outputs)[-1] > 1:
-            kind = outputs_lib.OutputKind(outputs_lib.MULTICLASS)
-        else:
-            kind = outputs_lib.describe_outputs(model, outputs, np.zeros(len(outputs)))
-    return kind.predict(outputs)
-
-
-def true_labels(y, kind=None):
-    """Integer labels from sparse, one-hot or 0/1 targets."""
-    return (kind or outputs_lib.OutputKind(outputs_lib.MULTICLASS)).labels(y)
-
-
 def head(structure, output, model=None):
     """One output head (or its labels) from a nested structure.
 

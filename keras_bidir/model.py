@@ -342,9 +342,6 @@ class BidirectionalModel(keras.Model):
         object.__setattr__(self, "_adv_compile_metrics", adv_metrics)
         self._warn_on_logits_mismatch(loss)
 
-    def get_compile_config(self):
-        return super().get_compile_config()
-
     def compile_from_config(self, config):
         config = keras.saving.deserialize_keras_object(config)
         self.compile(**config)

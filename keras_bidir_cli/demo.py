@@ -40,11 +40,6 @@ def _compile(model, learning_rate):
     )
 
 
-def evaluation_attack(epsilon):
-    """The protocol's attack: L∞ PGD-20, 2 random restarts, step 2.5·ε/20, range [0, 1]."""
-    return policies.PGD(epsilon, steps=20, restarts=2, clip_min=0.0, clip_max=1.0)
-
-
 def training_policy(name, epsilon, steps=7, replays=4):
     """A training policy by name with the demo's settings."""
     common = {"clip_min": 0.0, "clip_max": 1.0}
