@@ -166,6 +166,9 @@ def test_standard_suite_and_its_refusals(trained_plain, digits):
         kb.evaluate_robustness(regressor, (x[:10], targets), [0.1], suite="standard")
     with pytest.raises(ValueError, match="pass cascade=False"):
         kb.evaluate_robustness(regressor, (x[:10], targets), [0.1], cascade=True)
+    with pytest.raises(ValueError, match=r"\['Square'\] ascend a classification margin"):
+        kb.evaluate_robustness(regressor, (x[:10], targets), [0.1],
+                               attacks={"Square": policies.Square(0.1, queries=10)})
     attacks = kb.evaluation.standard_attacks(0.1, norm="l2", classes=3)
     assert list(attacks) == ["APGD-CE", "APGD-DLR", "FAB-T", "Square"]
     assert attacks["FAB-T"].targets == 2 and attacks["Square"].norm == "l2"
