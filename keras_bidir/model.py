@@ -530,7 +530,7 @@ class BidirectionalModel(keras.Model):
                 raise ValueError(f"With a dataset, {name} needs num_examples=<number of training "
                                  "examples> to size its per-example memory.")
             rows = max(count, self._example_rows())
-            example_index.check_batch(example_index.split(x_batch)[1], name, rows)
+            example_index.check_batch(batch_index, name, rows)
             x = example_index.checked(x, name, rows)
         else:
             x = x if indexed else example_index.index_arrays(x)
@@ -608,8 +608,10 @@ class BidirectionalModel(keras.Model):
         classes = self._sparse_classes()
         if classes is None or y is None or not hasattr(y, "dtype"):
             return
-        data_utils.check_label_range(np.asarray(y), classes,
-                                     getattr(self.policy, "accepts_unlabeled", False))
+        data_utils.check_label_range(np.asarray(y), classes, self._accepts_unlabeled())
+
+    def _accepts_unlabeled(self):
+        return getattr(self.policy, "accepts_unlabeled", False)
 
     def _check_data(self, x_batch):
         """A batch against the policy's data range and radius."""
@@ -623,10 +625,10 @@ class BidirectionalModel(keras.Model):
             x_batch, y_batch, x = data_utils.peek_inputs(x, batch_size, y)
             if y_batch is None and self.policy.requires_labels:
                 raise trainer.missing_labels_error(self.policy)
-            if y is None and self._sparse_classes() is not None:  # batches: check each one
+            classes = self._sparse_classes()
+            if y is None and classes is not None:  # batches: check each one
                 self._check_label_range(y_batch)
-                x = data_utils.checked_labels(x, self._sparse_classes(),
-                                              getattr(self.policy, "accepts_unlabeled", False))
+                x = data_utils.checked_labels(x, classes, self._accepts_unlabeled())
             inputs_batch, _ = example_index.split(x_batch)
             self._check_data(inputs_batch)
             if not self.built:  # Keras' callbacks (BackupAndRestore) need a built model
@@ -643,10 +645,10 @@ class BidirectionalModel(keras.Model):
             except Exception as error:  # the checks a dataset's pipeline got above
                 clear = example_index.translate(error, type(self.policy).__name__,
                                                 self._example_rows())
-                if clear is None and self._sparse_classes() is not None:
-                    clear = data_utils.translate_label_error(
-                        error, self._sparse_classes(),
-                        getattr(self.policy, "accepts_unlabeled", False))
+                classes = self._sparse_classes()
+                if clear is None and classes is not None:
+                    clear = data_utils.translate_label_error(error, classes,
+                                                             self._accepts_unlabeled())
                 if clear is None:
                     raise
                 raise clear from None
