@@ -87,7 +87,7 @@ class RobustAccuracy(keras.callbacks.Callback):
         if self.validation_data is None:
             raise ValueError("RobustAccuracy has no validation_data: pass (x_val, y_val).")
         if self._data is None:
-            self._data = evaluation._materialize(self.validation_data)
+            self._data = evaluation.materialize(self.validation_data)
         x, y = self._data
         self._judge = evaluation.Judge.describe(self.model, x, y, self.output, self.from_logits,
                                                 self.batch_size)
@@ -432,7 +432,7 @@ class PerturbationStats(keras.callbacks.Callback):
         return kind if kind.is_classification else None
 
     def _draw(self, model, seen, step):
-        from keras_bidir import gallery
+        from keras_bidir.evaluation import pictures as gallery
         from keras_bidir.tensorboard import SummaryWriter
 
         if self._writer is None:

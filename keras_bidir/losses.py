@@ -1,5 +1,7 @@
 """Per-example losses for attacks, derived from what the user compiled."""
 
+import warnings
+
 import keras
 from keras import ops
 from keras import tree
@@ -85,6 +87,22 @@ def per_example_loss_fn(loss, loss_weights=None):
         return by_position
     fn = _unreduced(loss)
     return lambda y_true, y_pred: _mean_over_non_batch(fn(y_true, y_pred))
+
+
+def warn_on_logits_mismatch(loss, base_model):
+    """Warns when `loss` expects logits but `base_model` ends in a softmax (`compile`)."""
+    from_logits = getattr(loss, "from_logits", None)
+    if from_logits is None and isinstance(loss, keras.losses.Loss):
+        from_logits = loss.get_config().get("from_logits")
+    if from_logits and output_activation_is_softmax(base_model):
+        warnings.warn(
+            "The loss expects logits (from_logits=True) but the base model "
+            "ends in a softmax. The loss is then computed on probabilities "
+            "and its input gradient is weak, which makes the perturbations "
+            "(and robustness figures) unreliable. Remove the final softmax "
+            "(keep logits), or use from_logits=False.",
+            stacklevel=3,
+        )
 
 
 def output_activation_is_softmax(model):

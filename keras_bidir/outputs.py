@@ -118,7 +118,7 @@ def _activation_of_output_layer(model):
 
 def compiled_loss(model, output=None):
     """The loss `model` was compiled with (for one head when `output` is given), or None."""
-    loss = getattr(model, "_bidir_loss_spec", None)
+    loss = getattr(getattr(model, "step_state", None), "loss_spec", None)
     if loss is None:
         loss = getattr(model, "loss", None)
     if output is not None and isinstance(loss, dict):

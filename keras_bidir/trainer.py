@@ -21,9 +21,16 @@ from keras import tree
 from keras_bidir import backend
 from keras_bidir import constraints
 from keras_bidir import example_index
+from keras_bidir.fit_data import missing_labels_error
+from keras_bidir import losses as losses_lib
+from keras_bidir import outputs as outputs_lib
 from keras_bidir.backend import private
 from keras_bidir.metrics import update_labeled
+from keras_bidir.policies.base import PerturbationContext
+from keras_bidir.policies.base import site_objective
+from keras_bidir.sites import Sites
 from keras_bidir.sites import apply_masks
+from keras_bidir.step_state import results
 
 
 def all_finite(tensors):
@@ -91,11 +98,43 @@ def kept_statistics(statistics, fn):
     return result
 
 
-def missing_labels_error(policy):
-    """The error for a gradient-following policy given batches without labels."""
-    return ValueError(
-        f"{type(policy).__name__} follows the loss gradient and needs "
-        "labels: pass (x, y) or (x, y, sample_weight) batches to fit().")
+def training_context(model, x, y, sites, clean, masks):
+    """The `PerturbationContext` of `model`'s policy on one batch (training and `inspect`).
+
+    The policy's own attack loss, else the compiled one; a margin / DLR loss
+    reads logits, so a probability output is turned into them.
+    """
+    own = model.policy.attack_loss()
+    from_logits = None
+    if losses_lib.reads_logits(own):
+        from_logits = outputs_lib.declared_from_logits(model)
+        own = losses_lib.on_outputs(own, from_logits)
+    training = model.attack_mode == "training"
+    objective = site_objective(model, x, y, sites, clean, masks,
+                               own or model.step_state.attack_loss, training=training)
+    return PerturbationContext(
+        objective, model.seed_generator, ops.convert_to_tensor(model.perturbation_scale),
+        clip=sites.clip_flags(), masks=masks, clean=clean, labels=y, from_logits=from_logits)
+
+
+def step_logs(model):
+    """The step's logs: clean metrics (when measured), then the adversarial side."""
+    compiled = private.compiled_metrics(model)
+    clean = [m for m in model.metrics if model.clean_metrics or m is not compiled]
+    return results(clean + model.training_metrics)
+
+
+def test_logs(model, data):
+    """The clean loss and compiled metrics of one batch (Keras' test step), as logs."""
+    x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+    y_pred = model(x, training=False)
+    loss = model.compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=False)
+    private.loss_tracker(model).update_state(
+        private.unscale_loss_for_distribution(loss), sample_weight=ops.shape(tree.flatten(x)[0])[0])
+    compiled = private.compiled_metrics(model)
+    if compiled is not None and y is not None:
+        compiled.update_state(y, y_pred, sample_weight)
+    return backend.step_logs(results(model.metrics))
 
 
 def run_step(model, data, replay):
@@ -112,7 +151,7 @@ def run_step(model, data, replay):
     step = Step(model, data)
     adversarial, state = step.start()
     adversarial, state, finite, gradients, clean_outputs = step.weight_update(adversarial, state)
-    if model.policy.kind == "replay":
+    if model.policy.kind in ("replay", "accumulate"):
         state, finite = replay(step, adversarial, state, finite, gradients)
     return step.finish(finite, state, clean_outputs)
 
@@ -128,8 +167,8 @@ class Step:
     def __init__(self, model, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         x, self.example_index = example_index.split(x)
-        policy = model.policy
-        if self.example_index is None and model._example_state:
+        policy, self.state = model.policy, model.step_state
+        if self.example_index is None and self.state.example_variables:
             raise ValueError(
                 f"{type(policy).__name__} keeps a memory per training example and needs each "
                 "example's index in the batch (keras_bidir.example_index).")
@@ -146,23 +185,20 @@ class Step:
         # left out of the label losses and metrics, which average over the labeled.
         self.y, self.label_weight, self.label_scale, self.labeled = labeled_batch(
             policy, y, sample_weight)
-        self.sites = model._sites(x)
+        self.sites = Sites(model, x, model.perturb_names)
         self.attack_training = model.attack_mode == "training"
         self.clean, self.masks, self.record_outputs = self.sites.record(
             model, x, training=self.attack_training)
-        self.context = model._context(x, self.y, self.sites, self.clean, self.masks)
+        self.context = training_context(model, x, self.y, self.sites, self.clean, self.masks)
         self.context.example_index = self.example_index
         self.weights = model.trainable_weights
-        self.accumulate = bool(getattr(policy, "accumulate_gradients", False)) and bool(self.weights)
+        self.accumulate = policy.kind == "accumulate" and bool(self.weights)
         self.statistics = moving_statistics(model) if policy.freeze_statistics else []
         self.batch_size = ops.shape(self.clean[0])[0]
 
     def start(self):
         """The input policy's perturbation before the first weight update, and its state."""
-        # Under a strategy each replica keeps its own block of the policy state.
-        state = [backend.replica_block(ops.convert_to_tensor(v)) for v in self.model._policy_state]
-        state += [ops.convert_to_tensor(v) for v in self.model._example_state]  # one row per example
-        adversarial, state = self.policy.generate(self.context, self.clean, state)
+        adversarial, state = self.policy.generate(self.context, self.clean, self.state.read())
         return self._masked(adversarial), state
 
     def _masked(self, adversarial):
@@ -177,10 +213,10 @@ class Step:
         if model.clean_weight > 0 or self.policy.needs_clean_outputs:
             outputs = model(self.x, training=True)
         if model.clean_weight > 0 and y is not None:
-            clean_loss = model._compile_loss(y, outputs, self.label_weight) * self.label_scale
+            clean_loss = private.compiled_loss(model)(y, outputs, self.label_weight) * self.label_scale
         policy_loss = self.policy.adversarial_loss(y, outputs, adv_outputs)
         if policy_loss is None:
-            adv_loss = model._adv_compile_loss(y, adv_outputs, self.label_weight) * self.label_scale
+            adv_loss = self.state.adv_compile_loss(y, adv_outputs, self.label_weight) * self.label_scale
         else:
             adv_loss = mean_loss(policy_loss, self.sample_weight)
         regularizer = self.policy.regularizer(self.context, adv_outputs)
@@ -190,7 +226,7 @@ class Step:
         if clean_loss is not None:
             total = total + clean_loss * model.clean_weight
         for extra in model.losses:
-            total = total + model._aggregate_additional_loss(extra)
+            total = total + private.additional_loss(model, extra)
         scaled = total if model.optimizer is None else model.optimizer.scale_loss(total)
         return scaled, (total, adv_loss, clean_loss, adv_outputs, outputs)
 
@@ -284,7 +320,7 @@ class Step:
             finite, lambda grads: optimizer.apply(grads, self.weights), (list(gradients),))
 
     def _record(self, finite, total, adv_loss, clean_loss, adv_outputs, adversarial):
-        model = self.model
+        model, state = self.model, self.state
         # A skipped (non-finite) step does not enter the epoch's mean losses.
         weight = ops.cast(self.batch_size, "float32") * ops.cast(finite, "float32")
 
@@ -294,15 +330,15 @@ class Step:
             value = private.unscale_loss_for_distribution(value)
             return ops.where(finite, ops.cast(value, "float32"), 0.0)
 
-        model._loss_tracker.update_state(kept(total), sample_weight=weight)
-        model.adv_loss_tracker.update_state(kept(adv_loss), sample_weight=weight)
+        private.loss_tracker(model).update_state(kept(total), sample_weight=weight)
+        state.adv_loss.update_state(kept(adv_loss), sample_weight=weight)
         if clean_loss is not None and model.clean_weight > 0:
-            model.clean_loss_tracker.update_state(kept(clean_loss), sample_weight=weight)
+            state.clean_loss.update_state(kept(clean_loss), sample_weight=weight)
         norm = perturbation_norm(self.policy.norm, self.clean, adversarial)
-        model.perturbation_norm_tracker.update_state(
+        state.perturbation_norm.update_state(
             ops.where(finite, norm, 0.0), sample_weight=ops.cast(finite, "float32"))
-        if model._adv_compile_metrics is not None and self.y is not None:
-            self._update_metrics(model._adv_compile_metrics, adv_outputs, finite)
+        if state.adv_compile_metrics is not None and self.y is not None:
+            self._update_metrics(state.adv_compile_metrics, adv_outputs, finite)
 
     def _update_metrics(self, container, outputs, finite):
         """Updates `container` on this batch; a skipped (non-finite) step counts for nothing."""
@@ -321,20 +357,18 @@ class Step:
         """
         model = self.model
         # Each replica adds its share, so a skipped step counts once in the sum.
-        model.nonfinite_tracker.update_state(
+        self.state.nonfinite.update_state(
             ops.cast(ops.logical_not(finite), "float32") / backend.num_replicas())
-        for variable, value in zip(model._policy_state, state):
-            variable.assign(backend.gather_blocks(value))
-        for variable, value in zip(model._example_state, state[len(model._policy_state):]):
-            variable.assign(value)
-        if model._compile_metrics is not None and model.clean_metrics and self.y is not None:
+        self.state.write(state)
+        compiled = private.compiled_metrics(model)
+        if compiled is not None and model.clean_metrics and self.y is not None:
             for candidate in (self.record_outputs, self.context.clean_outputs):
                 clean_outputs = candidate if clean_outputs is None else clean_outputs
             if clean_outputs is None:
                 clean_outputs = model(self.x, training=self.attack_training)
-            self._update_metrics(model._compile_metrics, clean_outputs, finite)
+            self._update_metrics(compiled, clean_outputs, finite)
             if model.clean_weight == 0 and tree.is_nested(clean_outputs):
                 # The clean per-output losses (<output>_loss) of a multi-output
                 # model, from outputs the step already has.
-                model._compile_loss(self.y, clean_outputs, self.label_weight)
-        return backend.step_logs(model._train_logs())
+                private.compiled_loss(model)(self.y, clean_outputs, self.label_weight)
+        return backend.step_logs(step_logs(model))

@@ -18,6 +18,40 @@ from keras.src.trainers.compile_utils import CompileLoss  # noqa: F401
 from keras.src.trainers.compile_utils import CompileMetrics  # noqa: F401
 
 
+def compiled_loss(model):
+    """The compiled-loss container of a compiled model (None before `compile`).
+
+    Why: the step computes the compiled loss on the outputs it already has
+    (the clean pass), and the adversarial copy resolves output names as it
+    does; `Model.compute_loss` would run it on outputs of its own choosing.
+    """
+    return getattr(model, "_compile_loss", None)
+
+
+def compiled_metrics(model):
+    """The compiled-metrics container (None without metrics); why: as `compiled_loss`."""
+    return getattr(model, "_compile_metrics", None)
+
+
+def loss_tracker(model):
+    """The tracker behind the `loss` log. Why: the step updates it with its own total."""
+    return model._loss_tracker
+
+
+def set_loss_tracker(model, tracker):
+    """Replaces the `loss` tracker (a `StepMean` reads NaN, not 0, when every step was skipped)."""
+    object.__setattr__(model, "_loss_tracker", tracker)
+
+
+def additional_loss(model, loss):
+    """A `model.losses` entry reduced as Keras adds it to the compiled loss.
+
+    Why: the step adds the layers' losses (regularizers) to its own total the
+    way `Model.compute_loss` does; Keras exposes no public reducer.
+    """
+    return model._aggregate_additional_loss(loss)
+
+
 def flat_metrics(container, y_true, y_pred):
     """`[(metric, y_true, y_pred, weighted)]` of a built CompileMetrics container.
 

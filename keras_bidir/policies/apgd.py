@@ -10,7 +10,7 @@ from keras_bidir import constraints
 from keras_bidir import losses as losses_lib
 from keras_bidir.policies.base import check_count
 from keras_bidir.policies.base import check_positive
-from keras_bidir.policies.gradient import _BallPolicy
+from keras_bidir.policies.base import BallPolicy
 
 LOSSES = ("ce", "dlr")
 
@@ -35,7 +35,7 @@ def _fooled(context, outputs, batch, direction=1):
 
 
 @keras.saving.register_keras_serializable(package="keras_bidir")
-class APGD(_BallPolicy):
+class APGD(BallPolicy):
     """Auto-PGD: an attack that needs no step-size tuning (Croce and Hein, 2020).
 
     Starts with step 2ε, adds momentum (α = 0.75), and halves the step size

@@ -213,10 +213,12 @@ class InputPolicy(Configured):
         seed: integer seed for standalone use through `perturb`.
     """
 
+    #: How the step uses the policy (it branches on this alone):
     #: `"attack"`: `generate` perturbs the batch once, before a single weight
-    #: update. `"replay"`: the batch is replayed `replays` times, each weight
-    #: update's input gradient moving the perturbation through `update` (free
-    #: training, FreeLB). The training step branches on this alone.
+    #: update. `"replay"`: the batch is replayed `replays` times, each replay a
+    #: weight update whose input gradient moves the perturbation through
+    #: `update` (free training). `"accumulate"`: replayed likewise, but the
+    #: replays' weight gradients are averaged into one update (FreeLB).
     kind = "attack"
     #: Weight updates per batch inside one training step (replay policies).
     replays = 1
@@ -338,16 +340,16 @@ class InputPolicy(Configured):
         return adversarial
 
     # -- helpers for subclasses ---------------------------------------------
-    def _range(self, clip=True):
-        """The data range `(clip_min, clip_max)` for a site (open for activations)."""
+    def data_range(self, clip=True):
+        """The data range `(clip_min, clip_max)` of a site (`clip=False`: an activation, open)."""
         return (self.clip_min, self.clip_max) if clip else (None, None)
 
     def _clip(self, x, clip=True):
-        return constraints.clip_to_range(x, *self._range(clip))
+        return constraints.clip_to_range(x, *self.data_range(clip))
 
     def _project(self, x, candidate, epsilon, clip=True):
         """`candidate` pulled back into the ε-ball around `x` and the data range."""
-        return constraints.perturbed(x, candidate - x, epsilon, self.norm, *self._range(clip))
+        return constraints.perturbed(x, candidate - x, epsilon, self.norm, *self.data_range(clip))
 
     def _random_start(self, context, x, epsilon, clip=True):
         noise = constraints.random_in_ball(ops.shape(x), epsilon, self.norm, x.dtype, context.seed)
@@ -478,6 +480,35 @@ class InputPolicy(Configured):
         }
 
 
+class BallPolicy(InputPolicy):
+    """Base class of the policies bounded by an ε-ball of a norm (every built-in attack).
+
+    Args:
+        epsilon: radius of the ball (> 0), in the units of the inputs.
+        norm: `"linf"` or `"l2"`.
+        **kwargs: `clip_min`, `clip_max`, `direction` and `seed`, as for
+            `InputPolicy`.
+
+    Example:
+
+    ```python
+    class OneStep(keras_bidir.policies.BallPolicy):
+        def generate(self, context, inputs, state):
+            step = pieces.chain(pieces.gradient_step(1.0), pieces.project(),
+                                pieces.clip_to_range())
+            return step(self, context, inputs, list(inputs), self.epsilon * context.scale), state
+    ```
+    """
+
+    def __init__(self, epsilon, norm="linf", **kwargs):
+        super().__init__(**kwargs)
+        self.epsilon = check_positive("epsilon", epsilon)
+        self.norm = constraints.standardize_norm(norm)
+
+    def get_config(self):
+        return {"epsilon": self.epsilon, "norm": self.norm, **super().get_config()}
+
+
 def resolve_attack_loss(model, y, loss=None, from_logits=None):
     """A per-example loss function for attacking `model`.
 
@@ -488,7 +519,7 @@ def resolve_attack_loss(model, y, loss=None, from_logits=None):
         if losses_lib.reads_logits(loss):
             return losses_lib.on_outputs(loss, from_logits)
         return losses_lib.per_example_loss_fn(loss)
-    compiled = getattr(model, "_bidir_attack_loss", None)
+    compiled = getattr(getattr(model, "step_state", None), "attack_loss", None)
     if compiled is not None:
         return compiled
     compiled_loss = getattr(model, "loss", None)

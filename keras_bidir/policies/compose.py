@@ -8,24 +8,40 @@ from keras_bidir.policies import registry
 from keras_bidir.policies.base import InputPolicy
 
 
-def _check_members(policies, name):
+def _check_members(policies, name, stateful):
     policies = [registry.get(p) for p in policies]
     if not policies:
         raise ValueError(f"{name} needs at least one policy.")
     for policy in policies:
-        if policy.replays != 1 or policy.state_shapes([(1, 1)]):
+        if policy.kind != "attack":
             raise ValueError(
-                f"{name} combines single-pass policies without state (augmentations, FGSM, "
-                f"RandomFGSM, PGD, TRADES, VAT, noise); {type(policy).__name__} replays the "
-                "batch or keeps a perturbation across batches. Use it on its own."
-            )
+                f"{name} combines policies that perturb the batch before the weight step; "
+                f"{type(policy).__name__} replays the batch over several weight updates. Use "
+                "it on its own.")
+        if not stateful and (policy.state_shapes([(1, 1)]) or policy.example_state_shapes([()])):
+            raise ValueError(
+                f"{name} draws one policy per batch, so a policy that keeps state across "
+                f"batches ({type(policy).__name__}) would see only some of them. Use Compose, "
+                "or the policy on its own.")
     return policies
 
 
+def _split(sizes, tensors):
+    """`tensors` cut into consecutive parts of the given sizes."""
+    parts, start = [], 0
+    for size in sizes:
+        parts.append(list(tensors[start:start + size]))
+        start += size
+    return parts
+
+
 class _Combination(InputPolicy):
+    #: Whether members may keep state across batches (Compose: each keeps its own part).
+    stateful_members = False
+
     def __init__(self, policies, **kwargs):
         super().__init__(**kwargs)
-        self.policies = _check_members(policies, type(self).__name__)
+        self.policies = _check_members(policies, type(self).__name__, self.stateful_members)
 
     @property
     def requires_labels(self):
@@ -57,7 +73,12 @@ class Compose(_Combination):
     `Compose([Augment([...]), PGD(...)])` augments the batch, then runs PGD
     around the augmented images (its ε-ball is centred there). The training
     loss is that of the last policy that defines one (TRADES, VAT), else the
-    compiled loss; the attack loss likewise.
+    compiled loss; the attack loss and the regularizer likewise.
+
+    Members may keep state across batches (a per-example memory such as
+    ATAS's, a persistent perturbation): each keeps its own part of the
+    composition's state. Replaying policies (FreeAdversarial, FreeLB) run on
+    their own.
 
     Args:
         policies: list of policies (or names), applied first to last.
@@ -70,8 +91,26 @@ class Compose(_Combination):
     ...     keras_bidir.policies.PGD(0.2, steps=7, clip_min=0.0, clip_max=1.0)])
     """
 
+    stateful_members = True
+
     def __init__(self, policies, seed=None):
         super().__init__(policies, seed=seed)
+
+    @property
+    def num_examples(self):
+        """The largest `num_examples` of the members that keep a per-example memory, or None."""
+        counts = [p.num_examples for p in self.policies if getattr(p, "num_examples", None)]
+        return max(counts) if counts else None
+
+    def state_shapes(self, input_shapes):
+        return [s for p in self.policies for s in p.state_shapes(input_shapes)]
+
+    def example_state_shapes(self, example_shapes):
+        return [s for p in self.policies for s in p.example_state_shapes(example_shapes)]
+
+    @property
+    def needs_clean_outputs(self):
+        return any(p.needs_clean_outputs for p in self.policies)
 
     @property
     def default_clean_weight(self):
@@ -97,11 +136,28 @@ class Compose(_Combination):
                 return loss
         return None
 
+    def regularizer(self, context, adversarial_outputs):
+        for policy in reversed(self.policies):
+            term = policy.regularizer(context, adversarial_outputs)
+            if term is not None:
+                return term
+        return None
+
     def generate(self, context, inputs, state):
-        current = list(inputs)
-        for policy in self.policies:
-            current, _ = policy.generate(context, current, [])
-        return current, state
+        # The state holds every member's persistent tensors, then every member's
+        # per-example memory (the order in which the step builds them).
+        shapes = [tuple(t.shape) for t in inputs]
+        rows = [tuple(t.shape[1:]) for t in inputs]
+        own = [len(p.state_shapes(shapes)) for p in self.policies]
+        memory = [len(p.example_state_shapes(rows)) for p in self.policies]
+        owned = _split(own, state[:sum(own)])
+        remembered = _split(memory, state[sum(own):])
+        current, moved_own, moved_memory = list(inputs), [], []
+        for policy, kept, rows_kept, count in zip(self.policies, owned, remembered, own):
+            current, moved = policy.generate(context, current, kept + rows_kept)
+            moved_own += list(moved[:count])
+            moved_memory += list(moved[count:])
+        return current, moved_own + moved_memory
 
 
 @keras.saving.register_keras_serializable(package="keras_bidir")

@@ -9,7 +9,7 @@ from keras_bidir import losses as losses_lib
 from keras_bidir.policies.base import check_count
 from keras_bidir.policies.base import check_positive
 from keras_bidir.policies.base import single_site
-from keras_bidir.policies.gradient import _BallPolicy
+from keras_bidir.policies.base import BallPolicy
 
 _BIG = 1e10
 
@@ -61,7 +61,7 @@ def boundary_step(w, c, lower, upper, norm):
 
 
 @keras.saving.register_keras_serializable(package="keras_bidir")
-class FABTargeted(_BallPolicy):
+class FABTargeted(BallPolicy):
     """FAB-T: the targeted minimum-norm Fast Adaptive Boundary attack (AutoAttack's version).
 
     For each target class (the clean input's 2nd, 3rd, ... highest logit),
@@ -134,7 +134,7 @@ class FABTargeted(_BallPolicy):
         batch = ops.shape(x)[0]
         flat = lambda t: ops.reshape(ops.cast(t, "float32"), (batch, -1))  # noqa: E731
         x0 = flat(x)
-        low, high = self._range(clip)
+        low, high = self.data_range(clip)
         low = ops.full(ops.shape(x0), -_BIG if low is None else low, "float32")
         high = ops.full(ops.shape(x0), _BIG if high is None else high, "float32")
         labels = context.labels

@@ -5,7 +5,7 @@ from keras import ops
 
 from keras_bidir.policies.base import check_count
 from keras_bidir.policies.base import check_positive
-from keras_bidir.policies.gradient import _BallPolicy
+from keras_bidir.policies.base import BallPolicy
 
 
 def _rows(state, batch_size):
@@ -26,7 +26,7 @@ def _store_rows(state, rows):
 
 
 @keras.saving.register_keras_serializable(package="keras_bidir")
-class FreeAdversarial(_BallPolicy):
+class FreeAdversarial(BallPolicy):
     """Free adversarial training: every minibatch is replayed m times.
 
     Each replay is ONE backward pass that yields the weight gradient (applied

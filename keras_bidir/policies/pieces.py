@@ -1,7 +1,8 @@
 """Small public pieces that chain into attacks, in the spirit of optax's transformations.
 
 A piece is a function `piece(policy, context, inputs, adversarial, epsilon) ->
-adversarial`: it reads the policy's norm, direction and data range, the step's
+adversarial`: it reads the policy's norm, direction and data range (unless the
+piece was given its own `norm` / range), the step's
 `PerturbationContext` (objective, random seed, clipping rule per site), the
 clean site values `inputs`, the current perturbed values and the radius ε (already
 multiplied by the ε-schedule), and returns new perturbed values, one per site.
@@ -44,22 +45,29 @@ def chain(*pieces):
     return chained
 
 
-def random_start(shape="ball", scale=1.0):
+def _norm(norm, policy):
+    """The piece's own norm, else the policy's."""
+    return policy.norm if norm is None else norm
+
+
+def random_start(shape="ball", scale=1.0, norm=None):
     """Adds random noise to the perturbed values.
 
     Args:
-        shape: `"ball"` (uniform in the ε-ball of the policy's norm), `"box"`
+        shape: `"ball"` (uniform in the ε-ball of the norm), `"box"`
             (uniform in [−scale·ε, scale·ε] per coordinate, as N-FGSM) or
             `"gaussian"` (standard deviation scale·ε per coordinate).
         scale: multiplies ε.
+        norm: the ball's norm, `"linf"` or `"l2"` (default: the policy's).
     """
     if shape not in START_SHAPES:
         raise ValueError(f"shape must be one of {START_SHAPES}, got {shape!r}.")
+    norm = None if norm is None else constraints.standardize_norm(norm)
 
     def start(policy, context, inputs, adversarial, epsilon):
         radius = ops.cast(epsilon, "float32") * scale
-        return [a + _noise(shape, ops.shape(a), radius, policy.norm, a.dtype, context.seed)
-                for a in adversarial]
+        return [a + _noise(shape, ops.shape(a), radius, _norm(norm, policy), a.dtype,
+                           context.seed) for a in adversarial]
 
     return start
 
@@ -76,40 +84,52 @@ def _noise(shape, size, radius, norm, dtype, seed):
     return backend.replica_rows(draw, size)
 
 
-def gradient_step(scale=1.0):
+def gradient_step(scale=1.0, norm=None):
     """One steepest-ascent step of length scale·ε at the current perturbed values.
 
-    The direction is sign(∇) for L∞ and ∇/‖∇‖₂ for L2, times the policy's
-    `direction` (+1 ascends the loss). Costs one gradient evaluation.
+    The direction is sign(∇) for L∞ and ∇/‖∇‖₂ for L2 (`norm`, default: the
+    policy's), times the policy's `direction` (+1 ascends the loss). Costs
+    one gradient evaluation.
     """
+    norm = None if norm is None else constraints.standardize_norm(norm)
 
     def step(policy, context, inputs, adversarial, epsilon):
         _, gradients, _ = context.loss_and_gradients(adversarial)
         # A Python-number length is converted in the data's dtype (float64 stays exact).
         length = scale * policy.direction * epsilon
-        return [a + constraints.as_dtype(length, a.dtype) * constraints.ascent_direction(g, policy.norm)
+        direction = _norm(norm, policy)
+        return [a + constraints.as_dtype(length, a.dtype) * constraints.ascent_direction(g, direction)
                 for a, g in zip(adversarial, gradients)]
 
     return step
 
 
-def project():
-    """Pulls each perturbation back into the ε-ball around the clean values."""
+def project(norm=None):
+    """Pulls each perturbation back into the ε-ball (of `norm`, default: the policy's)."""
+    norm = None if norm is None else constraints.standardize_norm(norm)
 
     def projected(policy, context, inputs, adversarial, epsilon):
-        return [x + constraints.project(a - x, epsilon, policy.norm)
+        return [x + constraints.project(a - x, epsilon, _norm(norm, policy))
                 for x, a in zip(inputs, adversarial)]
 
     return projected
 
 
-def clip_to_range():
-    """Clips model-input sites to the policy's data range (activations stay open)."""
+def clip_to_range(clip_min=None, clip_max=None):
+    """Clips model-input sites to a data range (activations stay open).
+
+    Args:
+        clip_min: lower end of the range (default, with `clip_max`: the
+            policy's `data_range`).
+        clip_max: upper end of the range.
+    """
+    own = clip_min is not None or clip_max is not None
 
     def clipped(policy, context, inputs, adversarial, epsilon):
         flags = context.clip(len(inputs))
-        return [constraints.clip_to_range(a, *policy._range(flag))
-                for a, flag in zip(adversarial, flags)]
+        ranges = [((clip_min, clip_max) if flag else (None, None)) if own
+                  else policy.data_range(flag) for flag in flags]
+        return [constraints.clip_to_range(a, *limits) for a, limits in zip(adversarial, ranges)]
 
     return clipped
 

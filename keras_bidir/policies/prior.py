@@ -6,7 +6,7 @@ from keras import ops
 from keras_bidir import constraints
 from keras_bidir.policies.base import check_positive
 from keras_bidir.policies import memory
-from keras_bidir.policies.gradient import _BallPolicy
+from keras_bidir.policies.base import BallPolicy
 
 PRIORS = ("batch", "example")
 
@@ -30,7 +30,7 @@ def _unit_mean_magnitude(gradient):
 
 
 @keras.saving.register_keras_serializable(package="keras_bidir")
-class PriorGuidedFGSM(_BallPolicy):
+class PriorGuidedFGSM(BallPolicy):
     """FGSM from a remembered perturbation, with its regulariser (FGSM-PGI).
 
     δ_init is a remembered perturbation (see `prior`); g = ∇ₓL(x + δ_init)

@@ -9,7 +9,7 @@ from keras_bidir import losses as losses_lib
 from keras_bidir.policies.base import check_count
 from keras_bidir.policies.base import check_positive
 from keras_bidir.policies.base import single_site
-from keras_bidir.policies.gradient import _BallPolicy
+from keras_bidir.policies.base import BallPolicy
 
 #: The reference schedule of the window's share of the image: `p_init` is halved after
 #: these iterations of a 10,000-query run (rescaled to other budgets).
@@ -34,7 +34,7 @@ def _as_image(shape):
 
 
 @keras.saving.register_keras_serializable(package="keras_bidir")
-class Square(_BallPolicy):
+class Square(BallPolicy):
     """Square Attack: random square updates, no gradients (L∞ and L2).
 
     L∞: starts from vertical stripes of ±ε; each query draws, for every

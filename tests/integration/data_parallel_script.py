@@ -63,7 +63,7 @@ def train(name, distribution, initial, x, y):
             callbacks=[callbacks.EpsilonSchedule(ramp=2, unit="step"),
                        callbacks.RobustAccuracy((x[:64], y[:64]), policies.PGD(0.1, steps=5), seed=1)])
         sharding = str(model.base_model.trainable_weights[0].value.sharding)
-        state = [np.asarray(v) for v in model._policy_state + model._example_state]
+        state = [np.asarray(v) for v in model.step_state.policy_variables + model.step_state.example_variables]
         return model.base_model.get_weights(), history.history, state, sharding
     finally:
         keras.distribution.set_distribution(None)

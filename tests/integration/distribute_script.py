@@ -75,7 +75,7 @@ def train(policy_name, strategy, initial_weights, x, y):
             callbacks.RobustAccuracy((x[:64], y[:64]), policies.PGD(0.1, steps=5), seed=1),
         ],
     )
-    state = [np.asarray(v) for v in model._policy_state]
+    state = [np.asarray(v) for v in model.step_state.policy_variables]
     return model.base_model.get_weights(), history.history, state
 
 

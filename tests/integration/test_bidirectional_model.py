@@ -30,7 +30,7 @@ def test_one_tape_gradients_match_independent_tape(small_batch):
         lambda xt: loss_fn(y, base(xt, training=True)), x, base.trainable_weights)
 
     model.train_on_batch(x, y)
-    recorded = model._policy_state[0].numpy()
+    recorded = model.step_state.policy_variables[0].numpy()
     np.testing.assert_allclose(recorded, expected_input_grad, rtol=1e-4, atol=1e-7)
     assert np.abs(recorded).max() > 0
     # SGD with lr=1: w_new = w_old - grad.
@@ -108,7 +108,7 @@ def test_free_adversarial_with_generator_keeps_first_batch_and_state(digits):
     # Each of the 3 batches is replayed twice. (Keras 3.15 runs one extra, empty step
     # when a generator runs out; plain Keras applies it, our non-finite guard skips it.)
     assert model.optimizer.iterations.numpy() == 3 * 2
-    delta = model._policy_state[0].numpy()
+    delta = model.step_state.policy_variables[0].numpy()
     assert 0 < np.abs(delta).max() <= 0.1 + 1e-6
     assert 0 < history["perturbation_norm"][-1] <= 0.1 + 1e-6
 
@@ -118,7 +118,7 @@ def test_free_adversarial_handles_a_smaller_last_batch(digits):
     model = kb.BidirectionalModel(tiny_cnn(), policies.FreeAdversarial(0.1, replays=2, **CLIP))
     compile_classifier(model)
     model.fit(x[:150], y[:150], batch_size=64, epochs=2, verbose=0)  # 64, 64, 22
-    assert model._policy_state[0].shape[0] == 64
+    assert model.step_state.policy_variables[0].shape[0] == 64
 
 
 def test_dict_inputs_with_integer_feature_and_perturb_selection():
@@ -136,7 +136,7 @@ def test_dict_inputs_with_integer_feature_and_perturb_selection():
     model = kb.BidirectionalModel(base, RecordInputGradient(), perturb=["image"])
     compile_classifier(model)
     model.fit(x, y, batch_size=32, epochs=1, verbose=0)
-    assert len(model._policy_state) == 1 and model._policy_state[0].shape == (32, 6)
+    assert len(model.step_state.policy_variables) == 1 and model.step_state.policy_variables[0].shape == (32, 6)
 
     model = kb.BidirectionalModel(base, policies.FGSM(0.1))
     compile_classifier(model)
@@ -224,7 +224,7 @@ def test_save_and_load_round_trip(tmp_path, small_batch, policy):
     assert restored.policy == policy
     assert restored.clean_weight == 0.5 and restored.seed == 3
     np.testing.assert_allclose(restored.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-6)
-    for a, b in zip(restored._policy_state, model._policy_state):
+    for a, b in zip(restored.step_state.policy_variables, model.step_state.policy_variables):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
     # Training continues with the restored optimizer and metrics.
     restored.fit(x, y, batch_size=32, epochs=1, verbose=0)

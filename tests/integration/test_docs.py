@@ -78,7 +78,8 @@ def test_migration_snippets_run():
 
 
 def test_write_a_policy_page_runs_as_written(tmp_path, capsys):
-    """The custom policy of the page trains, stays in its ball and round-trips through .keras."""
+    """The custom policy of the page trains, stays in its ball, round-trips through .keras and
+    composes with a stateful policy (ATAS keeps its memory inside the composition)."""
     (code,) = _python_blocks("write-a-policy.md")
     body = code[code.index("class NoisyFGSM"):code.index("(x_train, y_train)")]
     assert len([line for line in body.splitlines() if line.strip()]) <= 30
@@ -90,5 +91,13 @@ def test_write_a_policy_page_runs_as_written(tmp_path, capsys):
     finally:
         os.chdir(cwd)
     assert 0.1 < namespace["history"].history["perturbation_norm"][-1] <= 0.2 + 1e-6
-    assert namespace["restored"].policy == namespace["model"].policy
+    assert namespace["restored"].policy == namespace["NoisyFGSM"](0.2, clip_min=0.0, clip_max=1.0)
     assert "perturbation_norm:" in capsys.readouterr().out
+    model = namespace["model"]
+    assert model.step_state.example_rows == len(namespace["x_train"])
+    delta, mean, seen = [np.asarray(v) for v in model.step_state.example_variables]
+    assert seen.min() == 1 and mean.max() > 0  # every example's row was written
+    assert np.abs(delta).max() <= 0.2 + 1e-6 and np.abs(delta).max() > 0.1
+    source = code[code.index("class NoisyFGSM"):]
+    assert "kb.policies.BallPolicy" in source
+    assert not re.search(r"\._[a-z]", source.replace("__init__", ""))  # public names only

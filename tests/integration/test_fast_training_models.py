@@ -80,7 +80,7 @@ def test_example_prior_follows_each_example_through_shuffled_epochs(data):
         else:
             dataset = kb.example_index.with_example_index(tf.data.Dataset.from_tensor_slices((x, y)))
             model.fit(dataset.shuffle(64).batch(16), epochs=1, verbose=0)
-        return [np.array(v) for v in model._example_state]
+        return [np.array(v) for v in model.step_state.example_variables]
 
     delta, seen = one_epoch()
     assert delta.shape == (64, 64) and np.all(seen == 1)  # every example visited once
@@ -95,7 +95,7 @@ def test_atas_steps_each_example_by_its_running_gradient_norm():
     policy = policies.ATAS(0.1, c=1.0, beta=0.5, clip_min=0.0, clip_max=1.0)
     model = _frozen_model(policy)
     model.fit(x, y, batch_size=16, epochs=1, shuffle=True, verbose=0)
-    delta, mean, seen = [np.array(v) for v in model._example_state]
+    delta, mean, seen = [np.array(v) for v in model.step_state.example_variables]
     assert np.all(seen == 1) and np.all(mean > 0)
     model.fit(x, y, batch_size=16, epochs=1, shuffle=True, verbose=0)
     start = np.clip(x + delta, 0, 1)
@@ -103,7 +103,7 @@ def test_atas_steps_each_example_by_its_running_gradient_norm():
     expected_mean = 0.5 * mean + 0.5 * np.sum(g ** 2, axis=1)
     steps = np.clip(0.2 / (1 + np.sqrt(expected_mean) / 1.0), 0.05, 0.175)[:, None]
     expected = np.clip(x + np.clip(start + steps * np.sign(g) - x, -0.1, 0.1), 0, 1) - x
-    delta2, mean2, _ = [np.array(v) for v in model._example_state]
+    delta2, mean2, _ = [np.array(v) for v in model.step_state.example_variables]
     np.testing.assert_allclose(mean2, expected_mean, rtol=1e-4)
     np.testing.assert_allclose(delta2, expected, atol=1e-5)
 
@@ -117,7 +117,7 @@ def test_per_example_memory_is_saved_and_needs_indexed_datasets(tmp_path):
     path = tmp_path / "atas.keras"
     model.save(path)
     loaded = keras.models.load_model(path, safe_mode=True)
-    for a, b in zip(model._example_state, loaded._example_state):
+    for a, b in zip(model.step_state.example_variables, loaded.step_state.example_variables):
         np.testing.assert_array_equal(np.array(a), np.array(b))
     fresh = _frozen_model(policies.ATAS(0.1, clip_min=0.0, clip_max=1.0))
     plain = tf.data.Dataset.from_tensor_slices((x, y)).batch(16)
@@ -148,4 +148,4 @@ def test_a_per_example_memory_smaller_than_the_data_is_refused_with_both_numbers
     right = _frozen_model(policies.PriorGuidedFGSM(0.1, prior="example", num_examples=600,
                                                    clip_min=0.0, clip_max=1.0))
     right.fit(dataset.batch(32), epochs=1, verbose=0)
-    assert np.all(np.asarray(right._example_state[1]) == 1)  # every example got its row
+    assert np.all(np.asarray(right.step_state.example_variables[1]) == 1)  # every example got its row

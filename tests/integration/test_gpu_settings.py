@@ -71,7 +71,7 @@ def test_float16_input_gradient_is_unscaled(small_batch):
         expected, _ = independent_gradients(
             lambda xt: keras.losses.SparseCategoricalCrossentropy(from_logits=True)(
                 y, base(xt, training=True)), x)
-        recorded = model._policy_state[0].numpy()
+        recorded = model.step_state.policy_variables[0].numpy()
         # Loss scale is 2**15 at the start; unscaled, the gradients agree to float16 precision.
         assert np.abs(recorded).max() < 10 * np.abs(expected).max()
         np.testing.assert_allclose(recorded, expected, rtol=0.05, atol=2e-4)
@@ -88,13 +88,13 @@ def test_float16_overflow_skips_weights_and_perturbation_state(small_batch):
         compile_classifier(model)
         model.fit(x, y, batch_size=64, epochs=1, verbose=0)
         weights = [w.numpy().copy() for w in model.base_model.weights]
-        state = model._policy_state[0].numpy().copy()
+        state = model.step_state.policy_variables[0].numpy().copy()
         bad = x.copy()
         bad[0, 0, 0, 0] = np.inf
         model.train_on_batch(bad, y)
         for before, after in zip(weights, model.base_model.weights):
             np.testing.assert_array_equal(before, after.numpy())
-        np.testing.assert_array_equal(state, model._policy_state[0].numpy())
+        np.testing.assert_array_equal(state, model.step_state.policy_variables[0].numpy())
     finally:
         keras.mixed_precision.set_global_policy("float32")
 

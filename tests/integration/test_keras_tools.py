@@ -83,7 +83,7 @@ def test_steps_per_execution(policy, small_batch):
     model = kb.BidirectionalModel(tiny_cnn(), policy)
     compile_classifier(model, steps_per_execution=2)
     history = model.fit(x, y, batch_size=16, epochs=1, verbose=0).history
-    updates_per_batch = 1 if getattr(policy, "accumulate_gradients", False) else policy.replays
+    updates_per_batch = 1 if policy.kind == "accumulate" else policy.replays
     assert model.optimizer.iterations.numpy() == 4 * updates_per_batch
     assert np.isfinite(history["loss"][-1])
 

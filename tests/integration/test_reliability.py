@@ -35,7 +35,7 @@ def test_non_finite_batch_mid_epoch_is_skipped(policy, poison, digits):
         np.testing.assert_allclose(history["perturbation_norm"], 0.1, rtol=1e-5)
     assert np.isfinite(history["adv_accuracy"]).all() and np.isfinite(history["accuracy"]).all()
     assert all(np.isfinite(w.numpy()).all() for w in model.base_model.weights)
-    assert all(np.isfinite(v.numpy()).all() for v in model._policy_state)
+    assert all(np.isfinite(v.numpy()).all() for v in model.step_state.policy_variables)
     replays = policy.replays
     assert model.optimizer.iterations.numpy() == 2 * 3 * replays  # 3 good batches per epoch
 

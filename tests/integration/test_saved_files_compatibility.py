@@ -23,7 +23,7 @@ def test_files_saved_by_version_0_1_load_predict_and_train(name, policy_class, d
     expected = np.load(os.path.join(DATA, f"v0_1_{name}_predictions.npy"))
     np.testing.assert_allclose(model.predict(x_test[:16], verbose=0), expected, atol=1e-6)
     if name == "free":  # the persistent perturbation δ came back too
-        assert model._policy_state and np.abs(model._policy_state[0].numpy()).max() > 0
+        assert model.step_state.policy_variables and np.abs(model.step_state.policy_variables[0].numpy()).max() > 0
     logs = model.fit(x[:128], y[:128], batch_size=64, epochs=1, verbose=0).history
     assert np.isfinite(logs["loss"][0]) and logs["perturbation_norm"][0] > 0
     loss, accuracy = model.evaluate(x_test[:64], np.zeros(64, "int64"), verbose=0)
@@ -35,7 +35,7 @@ import sys, numpy as np, keras, keras_bidir as kb
 model = keras.models.load_model(sys.argv[1], safe_mode=True)
 assert keras.backend.backend() == sys.argv[3], keras.backend.backend()
 np.save(sys.argv[2], model.predict(np.load(sys.argv[2] + ".x.npy"), verbose=0))
-print(type(model.policy).__name__, [list(v.shape) for v in model._policy_state])
+print(type(model.policy).__name__, [list(v.shape) for v in model.step_state.policy_variables])
 """
 
 

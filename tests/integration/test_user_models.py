@@ -13,6 +13,7 @@ from sklearn.datasets import load_breast_cancer
 from sklearn.datasets import load_diabetes
 
 import keras_bidir as kb
+from keras_bidir import trainer
 from conftest import compile_classifier
 from conftest import tiny_cnn
 from keras_bidir import losses as losses_lib
@@ -138,7 +139,7 @@ def test_every_binary_loss_spec_takes_1d_labels(loss, cancer):
     model.compile(loss=loss)
     model.fit(x, y, epochs=1, batch_size=32, verbose=0)
     outputs = model.predict(x, verbose=0)
-    per_example = keras.ops.convert_to_numpy(model._bidir_attack_loss(y, outputs))
+    per_example = keras.ops.convert_to_numpy(model.step_state.attack_loss(y, outputs))
     expected = keras.ops.convert_to_numpy(keras.losses.BinaryCrossentropy()(y[:, None], outputs))
     assert per_example.shape == (64,) and per_example.mean() == pytest.approx(float(expected), rel=1e-5)
 
@@ -347,9 +348,9 @@ def test_point_inserted_into_a_keras_hub_backbone(bert_inputs, tmp_path):
     assert any(not np.allclose(a, b) for a, b in zip(before, backbone.get_weights()))
     # Padding positions are never perturbed: the point takes the backbone's padding_mask.
     batch = {k: keras.ops.convert_to_tensor(v[:4]) for k, v in x.items()}
-    sites = model._sites(batch)
+    sites = kb.sites.Sites(model, batch, model.perturb_names)
     clean, masks, _ = sites.record(model, batch, training=False)
-    context = model._context(batch, keras.ops.convert_to_tensor(y[:4]), sites, clean, masks)
+    context = trainer.training_context(model, batch, keras.ops.convert_to_tensor(y[:4]), sites, clean, masks)
     moved = kb.sites.apply_masks(clean, kb.policies.PGD(0.5, steps=2).attack(context, clean), masks)
     delta = np.abs(keras.ops.convert_to_numpy(moved[0] - clean[0]))
     assert delta[:, :8].max() == pytest.approx(0.5, abs=1e-5) and delta[:, 8:].max() == 0.0
@@ -365,7 +366,7 @@ def test_an_internal_layer_name_in_perturb_points_to_the_helper(bert_inputs):
                                              max_sequence_length=12)
     model = kb.BidirectionalModel(backbone, kb.policies.FGSM(0.1), perturb=["embeddings_layer_norm"])
     with pytest.raises(ValueError, match=r"layers inside the model.*insert_perturbation_point"):
-        model._sites(bert_inputs[0])
+        kb.sites.Sites(model, bert_inputs[0], model.perturb_names)
     with pytest.raises(ValueError, match="no layer named 'nope'"):
         kb.layers.insert_perturbation_point(backbone, after="nope")
 

@@ -87,3 +87,37 @@ def test_the_library_never_imports_the_command_line_or_the_trainer_from_its_prim
                            for m in library)
     primitives = [m for m in graph if m.startswith("keras_bidir.backend")]
     assert primitives and all("keras_bidir.trainer" not in graph[m] for m in primitives)
+
+
+def _private_reads(path, names):
+    """`name._attr` reads in `path` where `name` is one of `names` (or `self.<name>`)."""
+    found = []
+    for node in ast.walk(ast.parse(open(path).read())):
+        if not isinstance(node, ast.Attribute) or not node.attr.startswith("_"):
+            continue
+        value = node.value
+        if isinstance(value, ast.Attribute) and isinstance(value.value, ast.Name):
+            value = ast.Name(value.attr) if value.value.id == "self" else value
+        if isinstance(value, ast.Name) and value.id in names and not node.attr.startswith("__"):
+            found.append(f"{value.id}.{node.attr} (line {node.lineno})")
+    return found
+
+
+def test_the_step_reads_the_step_state_never_the_models_privates():
+    """The trainer and the per-backend steps use the model's public API and `model.step_state`."""
+    paths = [os.path.join(ROOT, "keras_bidir", name) for name in
+             ("trainer.py", "steps/tensorflow.py", "steps/jax.py")]
+    for path in paths:
+        assert _private_reads(path, {"model"}) == [], path
+
+
+def test_the_private_read_finder_finds_one(tmp_path):
+    path = tmp_path / "sample.py"
+    path.write_text("def f(model):\n    return model._policy_state, self.model._sites\n")
+    assert _private_reads(path, {"model"}) == ["model._policy_state (line 2)",
+                                               "model._sites (line 2)"]
+
+
+def test_the_model_module_stays_a_thin_wrapper():
+    with open(os.path.join(ROOT, "keras_bidir", "model.py")) as f:
+        assert len(f.read().splitlines()) <= 400

@@ -7,11 +7,11 @@ from keras_bidir import backend
 from keras_bidir.layers import expand_mask
 from keras_bidir.policies.base import check_count
 from keras_bidir.policies.base import check_positive
-from keras_bidir.policies.gradient import _BallPolicy
+from keras_bidir.policies.base import BallPolicy
 
 
 @keras.saving.register_keras_serializable(package="keras_bidir")
-class FreeLB(_BallPolicy):
+class FreeLB(BallPolicy):
     """FreeLB: K ascent steps on an embedding perturbation, one weight update.
 
     Each of the K steps is one forward-backward pass at the perturbed
@@ -37,10 +37,8 @@ class FreeLB(_BallPolicy):
     >>> policy = keras_bidir.policies.FreeLB(epsilon=1.0, steps=3)
     """
 
-    kind = "replay"
-
-    #: The model averages the K steps' weight gradients into one update.
-    accumulate_gradients = True
+    #: The K replays' weight gradients are averaged into one update.
+    kind = "accumulate"
 
     def __init__(self, epsilon, steps=3, step_size=None, norm="l2", init_magnitude=None, **kwargs):
         super().__init__(epsilon, norm=norm, **kwargs)

@@ -6,11 +6,11 @@ from keras import ops
 from keras_bidir import constraints
 from keras_bidir.policies import memory
 from keras_bidir.policies.base import check_positive
-from keras_bidir.policies.gradient import _BallPolicy
+from keras_bidir.policies.base import BallPolicy
 
 
 @keras.saving.register_keras_serializable(package="keras_bidir")
-class ATAS(_BallPolicy):
+class ATAS(BallPolicy):
     """ATAS: one FGSM step from each example's previous perturbation, with its own step size.
 
     For every training example it keeps its perturbation from the previous
