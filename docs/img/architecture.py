@@ -1,4 +1,6 @@
 """Draws docs/img/architecture.png (python docs/img/architecture.py)."""
+import os
+
 import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
@@ -23,8 +25,9 @@ box(6.9, 3.4, 3.0, 0.8, "ONE gradient of the objective\nc·f(θ,X) + λ·g(θ,X�
 box(6.9, 1.9, 1.4, 0.8, "restore θ\nexactly", "#fee")
 box(8.5, 1.9, 1.4, 0.8, "optimizer\nθ → θ'", "#fee")
 box(4.4, 1.9, 2.1, 0.8, "replay policies\nupdate: x̃ moves with ∂/∂x̃\n(Free, FreeLB: m updates)", "#efe")
-box(0.1, 0.4, 4.0, 0.8, "Step.finish: clean metrics, adv_* metrics, losses,\nnonfinite_batches, policy state → logs", "#eef")
-box(4.4, 0.4, 5.5, 0.8, "keras_bidir/trainer.py: what a step computes (keras.ops)\nkeras_bidir/backend/tensorflow.py: train_step orders it (< 50 lines)", "#f4f4f4")
+box(0.1, 1.9, 3.9, 0.8, "StepState (model.step_state), built at compile / fit:\npolicy state, per-example memory, adv_* containers,\ntrackers (variables; JAX threads their values)", "#f0e6ff")
+box(0.1, 0.4, 4.0, 0.8, "Step.finish: clean metrics, adv_* metrics, losses,\nnonfinite_batches, state written back → logs", "#eef")
+box(4.4, 0.4, 5.5, 0.8, "trainer.py: what a step computes (keras.ops), reading StepState\nsteps/tensorflow.py, steps/jax.py: the calls in order; backend/: gradients", "#f4f4f4")
 
 arrow(1.6, 3.8, 2.0, 3.8)
 arrow(4.0, 3.8, 4.4, 3.8)
@@ -34,5 +37,7 @@ arrow(8.3, 2.3, 8.5, 2.3)
 arrow(6.9, 2.3, 6.5, 2.3, "∂/∂x̃")
 arrow(5.45, 2.7, 5.45, 3.4, "next replay")
 arrow(4.4, 2.1, 2.6, 1.2)
+arrow(2.0, 2.7, 2.6, 3.4, "state in")
+arrow(2.0, 1.2, 2.0, 1.9, "state out")
 fig.tight_layout()
-fig.savefig("__import__("os").path.join(__import__("os").path.dirname(__file__), "architecture.png")", dpi=110)
+fig.savefig(os.path.join(os.path.dirname(os.path.abspath(__file__)), "architecture.png"), dpi=110)
