@@ -1,10 +1,15 @@
-"""Every example's --smoke mode runs and its result means what the example says."""
+"""Every example's --smoke mode runs and its result means what the example says.
+
+The full smoke runs, whose figures show the example's effect, are `slow` (`make test-all`);
+`make test` runs each example end to end for one epoch (its fast twin).
+"""
 
 import importlib.util
 import os
 
 import keras
 import numpy as np
+import pytest
 
 import keras_bidir as kb
 
@@ -18,6 +23,7 @@ def _load(name):
     return module
 
 
+@pytest.mark.slow
 def test_mnist_pgd_smoke(tmp_path):
     report = _load("mnist_pgd").main(["--smoke", "--output-dir", str(tmp_path)])
     assert report.clean_accuracy > 0.85
@@ -27,6 +33,16 @@ def test_mnist_pgd_smoke(tmp_path):
     assert not isinstance(base, kb.BidirectionalModel)  # the deployable plain model
 
 
+def test_mnist_pgd_runs_end_to_end_in_one_epoch(tmp_path):
+    report = _load("mnist_pgd").main(["--smoke", "--epochs", "1", "--output-dir", str(tmp_path)])
+    assert report.epsilons == [0.2]
+    assert 0.0 <= report.robust_accuracy[0.2] <= report.clean_accuracy
+    assert report.clean_accuracy > 0.3  # one epoch of PGD training on digits already learns
+    base = keras.models.load_model(tmp_path / "mnist_pgd_base.keras")
+    assert not isinstance(base, kb.BidirectionalModel)
+
+
+@pytest.mark.slow
 def test_cifar10_fast_at_smoke(tmp_path):
     report, guard = _load("cifar10_fast_at").main(["--smoke", "--output-dir", str(tmp_path)])
     epsilon = 8 / 255
@@ -34,6 +50,16 @@ def test_cifar10_fast_at_smoke(tmp_path):
     assert report.robust_accuracy[epsilon] > 0.5
     assert report.passed_checks
     assert guard.events == []  # no catastrophic overfitting in this short run
+    restored = keras.models.load_model(tmp_path / "cifar10_fast_at_base.keras")
+    assert restored.name == "preact_resnet"
+
+
+def test_cifar10_fast_at_runs_end_to_end_in_one_epoch(tmp_path):
+    report, guard = _load("cifar10_fast_at").main(
+        ["--smoke", "--epochs", "1", "--output-dir", str(tmp_path)])
+    epsilon = 8 / 255
+    assert 0.0 <= report.robust_accuracy[epsilon] <= report.clean_accuracy <= 1.0
+    assert guard.events == []
     restored = keras.models.load_model(tmp_path / "cifar10_fast_at_base.keras")
     assert restored.name == "preact_resnet"
 
@@ -47,6 +73,7 @@ def test_cyclic_learning_rate_is_triangular_and_serializable():
     assert float(clone(20)) == float(schedule(20))
 
 
+@pytest.mark.slow
 def test_add_to_existing_model_smoke(tmp_path):
     plain, robust, ((_, _), (x_test, y_test)) = _load("add_to_existing_model").main(
         ["--smoke", "--output-dir", str(tmp_path)])
@@ -55,6 +82,17 @@ def test_add_to_existing_model_smoke(tmp_path):
     robust_robust = kb.evaluation.robust_accuracy(robust, x_test, y_test, attack)
     assert robust_robust > plain_robust + 0.1
     # Both saved files are plain Keras models with the same architecture.
+    a = keras.models.load_model(tmp_path / "plain.keras")
+    b = keras.models.load_model(tmp_path / "robust.keras")
+    assert [w.shape for w in a.get_weights()] == [w.shape for w in b.get_weights()]
+
+
+def test_add_to_existing_model_runs_end_to_end_in_one_epoch(tmp_path):
+    plain, robust, _ = _load("add_to_existing_model").main(
+        ["--smoke", "--epochs", "1", "--output-dir", str(tmp_path)])
+    assert isinstance(robust, kb.BidirectionalModel) and not isinstance(plain, kb.BidirectionalModel)
+    assert any(not np.allclose(a, b) for a, b in zip(plain.get_weights(),
+                                                      robust.base_model.get_weights()))
     a = keras.models.load_model(tmp_path / "plain.keras")
     b = keras.models.load_model(tmp_path / "robust.keras")
     assert [w.shape for w in a.get_weights()] == [w.shape for w in b.get_weights()]

@@ -8,6 +8,7 @@ import pytest
 from keras import ops
 
 import keras_bidir as kb
+from keras_bidir import trainer
 from keras_bidir import policies
 from keras_bidir.layers import PerturbationPoint
 from conftest import RecordGradients as Recorder
@@ -53,7 +54,7 @@ def test_gradient_at_the_point_matches_independent_tape():
     bidir.compile(optimizer=keras.optimizers.SGD(0.0),
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     bidir.train_on_batch(tokens, labels)
-    recorded = bidir._policy_state[0].numpy()
+    recorded = bidir.step_state.policy_variables[0].numpy()
 
     embedding = model.layers[1]
     mask = (tokens != 0).astype("float32")
@@ -87,7 +88,7 @@ def test_every_policy_works_at_a_point_and_never_perturbs_padding(policy):
     # Attacks at the point: padding positions stay exactly as they were.
     sites = kb.sites.Sites(model, ops.convert_to_tensor(tokens))
     clean, masks, _ = sites.record(model, ops.convert_to_tensor(tokens), training=False)
-    context = model._context(ops.convert_to_tensor(tokens), ops.convert_to_tensor(labels), sites, clean, masks)
+    context = trainer.training_context(model, ops.convert_to_tensor(tokens), ops.convert_to_tensor(labels), sites, clean, masks)
     adversarial = kb.sites.apply_masks(clean, policy.attack(context, clean), masks)
     delta = ops.convert_to_numpy(adversarial[0]) - ops.convert_to_numpy(clean[0])
     assert np.all(delta[tokens == 0] == 0)
@@ -98,10 +99,10 @@ def test_several_points_sequential_and_subclassed_models():
     tokens, labels = token_data()
     two = kb.BidirectionalModel(functional_text_model(points=2), Recorder())
     compile_classifier(two).fit(tokens, labels, batch_size=64, epochs=1, verbose=0)
-    assert [tuple(v.shape) for v in two._policy_state] == [(64, SEQ, WIDTH), (64, SEQ, WIDTH)]
+    assert [tuple(v.shape) for v in two.step_state.policy_variables] == [(64, SEQ, WIDTH), (64, SEQ, WIDTH)]
     only_hidden = kb.BidirectionalModel(functional_text_model(points=2), Recorder(), perturb=["hidden"])
     compile_classifier(only_hidden).fit(tokens, labels, batch_size=64, epochs=1, verbose=0)
-    assert len(only_hidden._policy_state) == 1
+    assert len(only_hidden.step_state.policy_variables) == 1
 
     sequential = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8, activation="relu"),
                                    PerturbationPoint(name="hidden"), keras.layers.Dense(2)])
@@ -163,6 +164,7 @@ def _load_example():
     return module
 
 
+@pytest.mark.slow
 def test_keras_hub_text_classifier_with_freelb_is_more_robust(tmp_path):
     example = _load_example()
     results, models, (x_test, y_test) = example.main(["--smoke", "--output-dir", str(tmp_path)])
@@ -175,3 +177,16 @@ def test_keras_hub_text_classifier_with_freelb_is_more_robust(tmp_path):
     np.testing.assert_allclose(restored.predict(x_test, verbose=0),
                                models["freelb"].predict(x_test, verbose=0), atol=1e-5)
     assert any(isinstance(layer, keras_hub.layers.TransformerEncoder) for layer in restored.base_model.layers)
+
+
+def test_keras_hub_text_example_runs_end_to_end_in_one_epoch(tmp_path):
+    """The fast twin of the FreeLB example's smoke run (its effect is `slow`)."""
+    example = _load_example()
+    results, models, (x_test, _) = example.main(
+        ["--smoke", "--epochs", "1", "--output-dir", str(tmp_path)])
+    for row in results.values():
+        assert 0.0 <= row[0.2] <= row[0.05] <= row["clean"] <= 1.0
+    restored = keras.models.load_model(tmp_path / "freelb_text.keras")
+    assert isinstance(restored.policy, policies.FreeLB)
+    np.testing.assert_allclose(restored.predict(x_test, verbose=0),
+                               models["freelb"].predict(x_test, verbose=0), atol=1e-5)
