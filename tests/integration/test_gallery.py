@@ -9,7 +9,8 @@ from keras_bidir import callbacks, gallery, policies
 from keras_bidir.layers import PerturbationPoint
 from conftest import compile_classifier, tiny_cnn
 
-pytestmark = pytest.mark.backends  # `make test` runs these on both backends
+# The pictures run attacks through the same compiled runner as the evaluation (whose tests run
+# on both backends) and draw NumPy arrays; the callback that draws them during fit runs on both.
 
 CLIP = {"clip_min": 0.0, "clip_max": 1.0}
 
@@ -77,6 +78,7 @@ def _events(log_dir):
     return found
 
 
+@pytest.mark.backends
 def test_perturbation_stats_draws_flipped_examples_to_tensorboard(digits, tmp_path):
     import tensorflow as tf
 
