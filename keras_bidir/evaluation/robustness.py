@@ -15,6 +15,8 @@ from keras_bidir.evaluation.report import RobustnessReport
 from keras_bidir.evaluation.runner import materialize
 from keras_bidir.evaluation.runner import num_examples
 from keras_bidir.evaluation.scores import scores_under_attack
+from keras_bidir.evaluation.state import EvaluationState
+from keras_bidir.evaluation.state import fingerprint
 from keras_bidir.evaluation.suites import check_restarts
 from keras_bidir.evaluation.suites import suite_attacks
 
@@ -36,6 +38,7 @@ def evaluate_robustness(
     suite="fast",
     cascade=None,
     restarts=1,
+    state=None,
 ):
     """Clean and robust accuracy (or loss, for regression) under a set of attacks.
 
@@ -85,7 +88,8 @@ def evaluate_robustness(
         batch_size: examples per attack batch.
         checks: run the gradient-masking checks.
         seed: seed of the attacks' random starts.
-        verbose: 1 shows a progress bar.
+        verbose: 1 shows a progress bar per attack run: examples done, the
+            share still robust (classifiers) and the time left.
         output: for multi-output models, the head whose accuracy (or loss)
             is reported; the attacks ascend the total compiled loss.
         from_logits: whether a classifier's outputs are logits (True) or
@@ -100,6 +104,11 @@ def evaluate_robustness(
             runs before). A single standard-suite run varies by about ±0.5
             points with the seed on the digits models; `restarts=3` narrows
             that at up to 3× the attack cost.
+        state: optional path of a file that keeps every batch's per-example
+            results as they finish. Started again with the same arguments
+            after a kill, the evaluation resumes where it stopped (losing at
+            most the batch in flight) and gives the report an uninterrupted
+            run gives; a file from another evaluation is refused.
 
     Returns:
         A `RobustnessReport`.
@@ -130,19 +139,32 @@ def evaluate_robustness(
     if cascade and not judge.kind.is_classification:
         raise ValueError("A cascade runs each attack on the examples still classified "
                          "correctly; a regression model has none: pass cascade=False.")
-    total = len(epsilons) * len(attacks) + (3 if checks else 0) + 1
-    progress = keras.utils.Progbar(total, verbose=verbose, unit_name="attack") if verbose else None
-    runners = {}
-
     restarts = check_restarts(restarts)
+    store = None
+    if state is not None:
+        settings = {"epsilons": sorted(epsilons), "attacks": {n: a.get_config() for n, a in
+                                                              attacks.items()},
+                    "suite": suite_name, "cascade": cascade, "checks": bool(checks),
+                    "seed": seed, "restarts": restarts, "batch_size": batch_size,
+                    "output": output, "norm": norm}
+        description = {"examples": num_examples(y), "epsilons": sorted(epsilons),
+                       "suite": suite_name, "attacks": list(attacks), "model": model.name}
+        store = EvaluationState(state, fingerprint(model, x, y, settings), description)
+    names = {id(a): n for n, a in attacks.items()}
+    runners, units = {}, []
 
     def run(attack, epsilon=None, rows=None, restart=0):
-        scores = np.zeros(0, bool) if rows is not None and not len(rows) else \
-            scores_under_attack(model, x, y, attack, judge, batch_size, seed=seed + restart,
-                                epsilon=epsilon, runners=runners, rows=rows)
-        if progress is not None:
-            progress.add(1)
-        return scores
+        """One attack run (or the clean pass), unit after unit: their order is fixed."""
+        units.append(len(units))
+        count = num_examples(y) if rows is None else len(rows)
+        if rows is not None and not count:
+            return np.zeros(0, bool)
+        label = "clean" if attack is None else names.get(id(attack), type(attack).__name__)
+        on_batch = _progress(label, epsilon, restart, count, judge) if verbose else None
+        return scores_under_attack(
+            model, x, y, attack, judge, batch_size, seed=seed + restart, epsilon=epsilon,
+            runners=runners, rows=rows, on_batch=on_batch,
+            store=None if store is None else store.unit(f"unit{units[-1]}"))
 
     clean = run(None)
     sweep = run_cascade if cascade else run_independent
@@ -166,4 +188,24 @@ def evaluate_robustness(
                               restarts=restarts)
     if judge.kind.is_classification and judge.output is None:
         report.example_finder = ExampleFinder(model, x, y, attacks, clean, held, judge, seed)
+    if store is not None and store.reused:
+        print(f"Resumed from {store.path}: {store.reused} batch(es) read back, not attacked again.")
     return report
+
+
+def _progress(label, epsilon, restart, count, judge):
+    """`on_batch` for one attack run: a Keras progress bar of examples, robust so far, ETA."""
+    title = label if epsilon is None else f"{label} at ε={epsilon:g}"
+    print(title + (f" (run {restart + 1})" if restart else ""))
+    bar = keras.utils.Progbar(count, unit_name="example", stateful_metrics=["robust"])
+    held = [0.0, 0]
+
+    def on_batch(done, scores):
+        if judge.kind.is_classification:
+            held[0] += float(np.sum(scores))
+            held[1] += len(scores)
+            bar.update(done, values=[("robust", held[0] / max(held[1], 1))])
+        else:
+            bar.update(done)
+
+    return on_batch

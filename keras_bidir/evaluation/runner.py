@@ -122,6 +122,11 @@ class AttackRunner:
                         self.keep_misclassified),
             state=lambda: list(self.model.variables) + [self._seed.state])
 
+    def reseed(self, value):
+        """Starts the random stream afresh from `value` (each batch draws from its own seed)."""
+        state = self._seed.state
+        state.assign(ops.cast(ops.convert_to_tensor([value, 0]), state.dtype))
+
     def __call__(self, x, y, epsilon=None):
         """Model outputs under attack for the batch `(x, y)`, at `epsilon` if given.
 

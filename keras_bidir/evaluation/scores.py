@@ -11,10 +11,12 @@ from keras_bidir.evaluation.runner import batches
 from keras_bidir.evaluation.runner import has_compiled_loss
 from keras_bidir.evaluation.runner import num_examples
 from keras_bidir.evaluation.runner import single_restart
+from keras_bidir.evaluation.state import batch_seed
 
 
 def scores_under_attack(model, x, y, attack, judge=None, batch_size=512, loss=None, seed=0,
-                        verbose=0, epsilon=None, runners=None, rows=None):
+                        verbose=0, epsilon=None, runners=None, rows=None, store=None,
+                        on_batch=None):
     """Per-example scores under `attack`, worst case over its restarts.
 
     A PGD with `restarts=r` is run as r independent single-restart attacks and
@@ -35,6 +37,12 @@ def scores_under_attack(model, x, y, attack, judge=None, batch_size=512, loss=No
             size scales along).
         runners: optional dict caching compiled attacks between calls.
         rows: optional indices of the examples to score (a cascade's survivors).
+        store: optional place for per-batch results (`EvaluationState.unit`):
+            batches it holds are read back, not attacked again.
+        on_batch: optional `on_batch(examples_done, batch_scores)` (progress).
+
+    Each batch draws its random starts from its own seed (`state.batch_seed`),
+    so a batch's result does not depend on which batches ran before it.
 
     Returns:
         A NumPy array, one entry per example (per row): bool (classifiers)
@@ -43,7 +51,7 @@ def scores_under_attack(model, x, y, attack, judge=None, batch_size=512, loss=No
     judge = judge or Judge.describe(model, x, y, batch_size=batch_size)
     if rows is not None:
         return _scores_of_rows(model, x, y, attack, judge, batch_size, loss, seed, verbose,
-                               epsilon, runners, np.asarray(rows))
+                               epsilon, runners, np.asarray(rows), store, on_batch)
     runs, runner = 1, None
     if attack is not None:
         single, runs = single_restart(attack)
@@ -58,19 +66,20 @@ def scores_under_attack(model, x, y, attack, judge=None, batch_size=512, loss=No
                 runners[key] = runner
     steps = runs * int(np.ceil(num_examples(y) / batch_size))
     progress = keras.utils.Progbar(steps, verbose=verbose) if verbose else None
-    result = None
-    for _ in range(runs):
+    result, done = None, 0
+    for run_index in range(runs):
         parts = []
-        for xb, yb in batches(x, y, batch_size):
-            if runner is None:
-                outputs = model.predict_on_batch(xb)
-            else:
-                outputs = runner(
-                    keras.tree.map_structure(ops.convert_to_tensor, xb),
-                    keras.tree.map_structure(ops.convert_to_tensor, yb),
-                    epsilon,
-                )
-            parts.append(judge.score(outputs, yb))
+        for batch, (xb, yb) in enumerate(batches(x, y, batch_size)):
+            scores = None if store is None else store.get(f"{run_index}/{batch}")
+            if scores is None:
+                scores = _score_batch(model, runner, judge, xb, yb, epsilon,
+                                      batch_seed(seed, run_index, batch))
+                if store is not None:
+                    store.put(f"{run_index}/{batch}", scores)
+            parts.append(scores)
+            done += len(scores)
+            if on_batch is not None:
+                on_batch(done, scores)
             if progress is not None:
                 progress.add(1)
         run = np.concatenate(parts)
@@ -78,16 +87,32 @@ def scores_under_attack(model, x, y, attack, judge=None, batch_size=512, loss=No
     return result
 
 
+def _score_batch(model, runner, judge, xb, yb, epsilon, seed):
+    """One batch's scores: clean (`runner` None) or under the runner's attack, seeded by `seed`."""
+    if runner is None:
+        return judge.score(model.predict_on_batch(xb), yb)
+    runner.reseed(seed)
+    outputs = runner(keras.tree.map_structure(ops.convert_to_tensor, xb),
+                     keras.tree.map_structure(ops.convert_to_tensor, yb), epsilon)
+    return judge.score(outputs, yb)
+
+
 def _scores_of_rows(model, x, y, attack, judge, batch_size, loss, seed, verbose, epsilon,
-                    runners, rows):
+                    runners, rows, store=None, on_batch=None):
     """`scores_under_attack` on `rows` only, padded to a batch size the backend compiles once."""
     last = len(rows) % batch_size or batch_size
     padded = np.concatenate([rows, np.repeat(rows[-1:], backend.batch_bucket(last) - last)])
     take = lambda a: np.asarray(a)[padded]  # noqa: E731
+    count = len(rows)
+
+    def progress(done, scores):  # the padding repeats the last row: report the real ones
+        on_batch(min(done, count), scores[:len(scores) - max(0, done - count)])
+
     scores = scores_under_attack(model, keras.tree.map_structure(take, x),
                                  keras.tree.map_structure(take, y), attack, judge, batch_size,
-                                 loss, seed, verbose, epsilon, runners)
-    return scores[:len(rows)]
+                                 loss, seed, verbose, epsilon, runners, store=store,
+                                 on_batch=None if on_batch is None else progress)
+    return scores[:count]
 
 
 def correct_under_attack(model, x, y, attack, batch_size=512, loss=None, seed=0, verbose=0,

@@ -84,11 +84,12 @@ def test_fab_targeted_reaches_the_exact_robust_accuracy(linear, norm, epsilon, e
 
 def test_square_l2_never_breaks_a_provably_robust_example(linear, epsilon=1.0):
     # Random search along pseudo-Gaussian windows is slow to find the dense worst
-    # direction of a linear model (as in the paper, L2 Square is the weaker one):
-    # measured 2 of 300 examples short at 5,000 queries, 5 at 2,000.
+    # direction of a linear model (as in the paper, L2 Square is the weaker one). With
+    # each batch seeded on its own (resumable evaluations), measured over seeds 0-4:
+    # 3-6 of 300 examples short at AutoAttack's 5,000 queries, 5-10 at 2,000.
     model, x, y = linear
     exact = exact_l2_robust(model, x, y, epsilon)
-    found = scores_under_attack(model, x, y, policies.Square(epsilon, queries=2000, norm="l2"))
+    found = scores_under_attack(model, x, y, policies.Square(epsilon, queries=5000, norm="l2"))
     assert not np.any(exact & ~found)
     assert np.sum(found != exact) <= 6
     assert found.mean() < 0.05  # from 100 % clean-correct examples robust to ~0
