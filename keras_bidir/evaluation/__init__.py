@@ -11,9 +11,12 @@ The modules, in the order data flows through them:
 - `checks`: the gradient-masking checks;
 - `cascade`: the robustness loop (every attack, or the cascade on survivors);
 - `robustness`: `evaluate_robustness`, which runs all of the above;
-- `report` and `pictures`: what it returns (`RobustnessReport`, flipped examples).
+- `report` and `pictures`: what it returns (`RobustnessReport`, flipped examples);
+  `robustbench` writes a report as RobustBench's model-info JSON;
+- `state`: the file that lets a killed evaluation resume.
 """
 
+from keras_bidir.evaluation import robustbench
 from keras_bidir.evaluation.cascade import CHECK_ATTACKS
 from keras_bidir.evaluation.judge import Judge
 from keras_bidir.evaluation.pictures import picture_radius
@@ -34,6 +37,6 @@ from keras_bidir.evaluation.suites import standard_attacks
 __all__ = [
     "AttackRunner", "CHECK_ATTACKS", "Check", "Judge", "RobustnessReport", "SUITES",
     "correct_under_attack", "default_attacks", "evaluate_robustness", "head", "materialize",
-    "output_names", "picture_radius", "robust_accuracy", "scores_under_attack",
+    "output_names", "picture_radius", "robust_accuracy", "robustbench", "scores_under_attack",
     "standard_attacks",
 ]

@@ -136,6 +136,35 @@ class RobustnessReport:
             "restarts": self.restarts,
         }
 
+    def to_robustbench(self, dataset, architecture, epsilon=None, **fields):
+        """The figures as RobustBench's model-info JSON has them (a standard-suite report).
+
+        Args:
+            dataset: `"cifar10"`, `"cifar100"`, `"imagenet"` (or your own name).
+            architecture: e.g. `"WideResNet-28-10"`.
+            epsilon: the radius to report (default: the report's only one).
+            **fields: `name`, `authors`, `link`, `venue`, `additional_data`
+                (bool) and `reported` (the paper's robust accuracy, a fraction).
+
+        Returns:
+            A dict with RobustBench's fields: `clean_acc` and `autoattack_acc`
+            in percent as text, `eps` as `"8/255"`, `number_forward_passes`
+            1, and a `footnote` when fewer examples than the full test set
+            were evaluated. `keras_bidir.evaluation.robustbench.save_model_info`
+            writes it to `<dir>/<dataset>/<Linf|L2>/<name>.json`.
+
+        Raises:
+            ValueError: for a report that is not AutoAttack's standard suite on
+                a classifier, or an ε the report does not have.
+
+        Example:
+
+        >>> report.to_robustbench("cifar10", "PreActResNet-18", name="Fast AT, keras-bidir")
+        """
+        from keras_bidir.evaluation import robustbench
+
+        return robustbench.model_info(self, dataset, architecture, epsilon, **fields)
+
     def summary_line(self):
         """`summary()` as one line of text."""
         robust = ", ".join(f"{self.format(v)} at ε={e:g}" for e, v in self.worst_case.items())
