@@ -8,6 +8,7 @@ from keras_bidir import backend
 from keras_bidir import outputs as outputs_lib
 from keras_bidir.evaluation.runner import has_compiled_loss
 from keras_bidir.evaluation.runner import single_restart
+from keras_bidir.evaluation.spill import take_rows
 from keras_bidir.sites import Sites
 
 
@@ -296,7 +297,7 @@ class ExampleFinder:
         for name, attack in self.attacks.items():
             if not rows.size or sum(len(p) for p in parts) >= count:
                 break
-            take = lambda a: np.asarray(a)[rows]  # noqa: E731
+            take = lambda a: take_rows(a, rows)  # noqa: E731
             found = flipped_examples(
                 self.model, keras.tree.map_structure(take, self.x), take(self.y),
                 single_restart(attack)[0], self.epsilon, count, self.judge.kind, name, self.seed,

@@ -76,7 +76,10 @@ def evaluate_robustness(
 
     Args:
         model: a `BidirectionalModel`, its base model or any Keras model.
-        data: `(x, y)` arrays, or a `tf.data.Dataset` / iterable of `(x, y)` batches.
+        data: `(x, y)` arrays, or a `tf.data.Dataset`, `keras.utils.PyDataset`
+            or generator of `(x, y)` batches: read once, its inputs kept on disk
+            and read back a batch at a time (memory does not grow with the
+            number of examples).
         epsilons: list of radii.
         attacks: None for the suite's attacks, or your own
             `{name: policy_at_any_epsilon}`; each is re-scaled to every ε
@@ -125,7 +128,7 @@ def evaluate_robustness(
     >>> standard.summary()
     """
 
-    x, y = materialize(data)
+    x, y = materialize(data, on_disk=True)
     epsilons = [float(e) for e in epsilons]
     if not epsilons or any(not np.isfinite(e) or e <= 0 for e in epsilons):
         raise ValueError(f"epsilons must be a non-empty list of finite numbers > 0, got {epsilons!r}.")

@@ -9,6 +9,7 @@ import numpy as np
 from keras import ops
 
 from keras_bidir import backend
+from keras_bidir.evaluation import spill
 from keras_bidir.policies.base import resolve_attack_loss
 
 
@@ -154,11 +155,20 @@ def batches(x, y, batch_size):
         yield keras.tree.map_structure(take, x), keras.tree.map_structure(take, y)
 
 
-def materialize(data):
-    """`(x, y)` NumPy arrays (or structures of them) from arrays or an iterable of batches."""
+def materialize(data, on_disk=False):
+    """`(x, y)` from arrays or an iterable of `(x, y)` batches.
+
+    Arrays are returned as they are. Batches (a `tf.data.Dataset`, a
+    `keras.utils.PyDataset`, a generator) are read once; with `on_disk` their
+    inputs are kept in files and read back a batch at a time (`spill`), so
+    memory does not grow with the number of examples; otherwise they are
+    concatenated in memory. Labels are always in memory.
+    """
     if isinstance(data, (tuple, list)) and len(data) == 2 and not hasattr(data[0], "element_spec"):
         x, y = data
         return x, keras.tree.map_structure(np.asarray, y)
+    if on_disk:
+        return spill.spill(data)
     xs, ys = [], []
     for batch in data:
         bx, by, _ = keras.utils.unpack_x_y_sample_weight(batch)

@@ -11,6 +11,7 @@ from keras_bidir.evaluation.runner import batches
 from keras_bidir.evaluation.runner import has_compiled_loss
 from keras_bidir.evaluation.runner import num_examples
 from keras_bidir.evaluation.runner import single_restart
+from keras_bidir.evaluation.spill import take_rows
 from keras_bidir.evaluation.state import batch_seed
 
 
@@ -102,7 +103,7 @@ def _scores_of_rows(model, x, y, attack, judge, batch_size, loss, seed, verbose,
     """`scores_under_attack` on `rows` only, padded to a batch size the backend compiles once."""
     last = len(rows) % batch_size or batch_size
     padded = np.concatenate([rows, np.repeat(rows[-1:], backend.batch_bucket(last) - last)])
-    take = lambda a: np.asarray(a)[padded]  # noqa: E731
+    take = lambda a: take_rows(a, padded)  # noqa: E731
     count = len(rows)
 
     def progress(done, scores):  # the padding repeats the last row: report the real ones

@@ -18,6 +18,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_bidir.evaluation.spill import DiskArray
+
 FORMAT = 1
 _META = "__meta__"
 
@@ -28,9 +30,10 @@ def fingerprint(model, x, y, settings):
     for variable in model.weights:
         digest.update(np.ascontiguousarray(ops.convert_to_numpy(variable)).tobytes())
     for array in keras.tree.flatten(x) + keras.tree.flatten(y):
-        array = np.ascontiguousarray(array)
-        digest.update(f"{array.shape}{array.dtype}".encode())
-        digest.update(array.tobytes())
+        pieces = array.chunks() if isinstance(array, DiskArray) else [array]
+        digest.update(f"{tuple(array.shape)}{np.dtype(array.dtype)}".encode())
+        for piece in pieces:
+            digest.update(np.ascontiguousarray(piece).tobytes())
     digest.update(json.dumps(settings, sort_keys=True, default=str).encode())
     return digest.hexdigest()
 

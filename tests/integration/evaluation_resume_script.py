@@ -1,4 +1,4 @@
-"""Helper for tests/integration/test_evaluation_state.py: evaluates with a state file, or dies.
+"""Helper for tests/integration/test_large_evaluations.py: evaluates with a state file, or dies.
 
     python tests/integration/evaluation_resume_script.py MODEL.keras DATA.npz STATE REPORT.json [KILL_AFTER]
 

@@ -1,9 +1,10 @@
-"""A resumable evaluation: killed with SIGKILL, started again, the same per-example results."""
+"""Large evaluations: a killed run resumes to the same results; data beyond memory stays on disk."""
 
 import os
 import subprocess
 import sys
 
+import keras
 import numpy as np
 import pytest
 
@@ -95,3 +96,71 @@ def test_progress_shows_each_attack_with_the_share_still_robust(trained_plain, d
     out = capsys.readouterr().out
     assert "clean" in out and "FGSM at ε=0.1" in out and "FGSM at ε=0.2" in out
     assert "64/64" in out and "robust:" in out
+
+
+def _batches(x, y, size):
+    """A one-pass generator of (x, y) batches, as a user's input pipeline yields them."""
+    for start in range(0, len(x), size):
+        yield x[start:start + size], y[start:start + size]
+
+
+def test_a_generator_is_evaluated_from_disk_like_the_same_arrays(trained_plain, digits):
+    _, (x_test, y_test) = digits
+    x, y = x_test[:150], y_test[:150]
+    attacks = {"FGSM": kb.policies.FGSM(0.1), "PGD-5": kb.policies.PGD(0.1, steps=5)}
+    common = {"clip_min": 0.0, "clip_max": 1.0, "verbose": 0, "batch_size": 64,
+              "attacks": attacks, "cascade": True, "checks": False}
+    from_arrays = kb.evaluate_robustness(trained_plain, (x, y), [0.05, 0.1], **common)
+    streamed = kb.evaluate_robustness(trained_plain, _batches(x, y, 37), [0.05, 0.1], **common)
+    assert streamed.to_dict() == from_arrays.to_dict()  # the cascade's subsets read from disk
+    assert len(streamed.flipped_examples(4)) == len(from_arrays.flipped_examples(4))
+
+    class Batches(keras.utils.PyDataset):
+        def __len__(self):
+            return 3
+
+        def __getitem__(self, index):
+            return x[50 * index:50 * index + 50], y[50 * index:50 * index + 50]
+
+    from_py_dataset = kb.evaluate_robustness(trained_plain, Batches(), [0.05, 0.1], **common)
+    assert from_py_dataset.to_dict() == from_arrays.to_dict()
+
+
+def test_disk_arrays_read_slices_and_rows_as_numpy_does(tmp_path):
+    from keras_bidir.evaluation import spill
+
+    rng = np.random.default_rng(0)
+    images = rng.normal(size=(50, 4, 3)).astype("float32")
+    tokens = rng.integers(0, 9, size=(50, 6)).astype("int32")
+    x, y = spill.spill(({"image": images[i:i + 16], "tokens": tokens[i:i + 16]}, np.arange(i, min(i + 16, 50)))
+                       for i in range(0, 50, 16))
+    np.testing.assert_array_equal(y, np.arange(50))
+    for name, array in (("image", images), ("tokens", tokens)):
+        disk = x[name]
+        assert disk.shape == array.shape and len(disk) == 50 and disk.dtype == array.dtype
+        np.testing.assert_array_equal(disk[7:33], array[7:33])
+        rows = np.array([41, 3, 3, 0, 49])
+        np.testing.assert_array_equal(spill.take_rows(disk, rows), array[rows])
+        np.testing.assert_array_equal(np.concatenate(list(disk.chunks(rows=7))), array)
+    with pytest.raises(TypeError, match="read a batch at a time"):
+        np.asarray(x["image"])
+    with pytest.raises(ValueError, match="change their inputs' shapes"):
+        spill.spill(iter([(images[:8], y[:8]), (images[:8, :2], y[:8])]))
+    with pytest.raises(ValueError, match="labelled data"):
+        spill.spill(iter([images[:8]]))
+
+
+@pytest.mark.slow
+def test_memory_does_not_grow_with_the_number_of_streamed_examples(tmp_path):
+    """Peak memory of a streamed evaluation of 10,000 and 60,000 MNIST-sized examples."""
+    peaks = {}
+    for count in (10000, 60000):
+        run = subprocess.run([sys.executable, MEMORY_SCRIPT, str(count)], capture_output=True,
+                             text=True, timeout=900)
+        assert run.returncode == 0, run.stderr[-2000:]
+        peaks[count] = int(run.stdout.split()[-1])
+    # The inputs alone are 31 MB and 188 MB; held in memory the difference would be ≥ 157 MB.
+    assert peaks[60000] - peaks[10000] < 40 * 2**20, peaks
+
+
+MEMORY_SCRIPT = os.path.join(os.path.dirname(__file__), "evaluation_memory_script.py")
