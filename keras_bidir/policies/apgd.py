@@ -228,6 +228,9 @@ class APGDTargeted(APGD):
         steps: iterations per target (AutoAttack uses 100).
         targets: how many target classes to try (at most classes − 1).
         norm: `"linf"` or `"l2"`.
+        targets_per_pass: how many targets share one pass, the batch stacked
+            once per target (default: all of them, the fastest; lower it when
+            `targets` × the batch does not fit in the accelerator's memory).
         **kwargs: `clip_min`, `clip_max`, `rho`, `momentum` and `seed`, as for `APGD`.
 
     Example:
@@ -235,7 +238,8 @@ class APGDTargeted(APGD):
     >>> attack = keras_bidir.policies.APGDTargeted(0.2, targets=9, clip_min=0.0, clip_max=1.0)
     """
 
-    def __init__(self, epsilon, steps=100, targets=9, norm="linf", **kwargs):
+    def __init__(self, epsilon, steps=100, targets=9, norm="linf", targets_per_pass=None,
+                 **kwargs):
         if kwargs.pop("restarts", 1) != 1 or kwargs.pop("loss", "dlr") != "dlr":
             raise ValueError("APGDTargeted runs one targeted-DLR run per target class; "
                              "use `targets`, not `restarts` or `loss`.")
@@ -243,6 +247,8 @@ class APGDTargeted(APGD):
             raise ValueError("APGDTargeted ascends its loss; direction must be +1.")
         super().__init__(epsilon, steps=steps, loss="dlr", norm=norm, **kwargs)
         self.targets = check_count("targets", targets)
+        self.targets_per_pass = None if targets_per_pass is None else check_count(
+            "targets_per_pass", targets_per_pass)
 
     def attack_loss(self):
         return losses_lib.margin_loss
@@ -255,24 +261,43 @@ class APGDTargeted(APGD):
                              "use APGD(loss='dlr') for fewer classes.")
         classes = clean[0].shape[-1]
         ranked = ops.argsort(clean[0], axis=-1)  # ascending
-        y = context.labels
+        targets = [ranked[:, classes - rank] for rank in range(2, min(self.targets, classes - 1) + 2)]
+        chunk = self.targets_per_pass or len(targets)
         best, best_margin = None, None
-        for rank in range(2, min(self.targets, classes - 1) + 2):
-            target = ranked[:, classes - rank]
-            loss_fn = lambda outputs, target=target: targeted_dlr_loss(  # noqa: E731
-                y, target, context.logits(outputs))
-            candidate, _ = self._run(context, inputs, epsilon, loss_fn)
-            margin = ops.cast(context.loss(candidate), "float32")
-            if best is None:
-                best, best_margin = candidate, margin
-                continue
-            better = margin > best_margin
-            best = [ops.where(_expand(better, b), c, b) for b, c in zip(best, candidate)]
-            best_margin = ops.maximum(best_margin, margin)
+        for first in range(0, len(targets), chunk):
+            for candidate, margin in self._run_targets(context, inputs, epsilon,
+                                                       targets[first:first + chunk]):
+                if best is None:
+                    best, best_margin = candidate, margin
+                    continue
+                better = margin > best_margin
+                best = [ops.where(_expand(better, b), c, b) for b, c in zip(best, candidate)]
+                best_margin = ops.maximum(best_margin, margin)
         return best, state
+
+    def _run_targets(self, context, inputs, epsilon, targets):
+        """One APGD run per target, all in one pass over the batch stacked once per target.
+
+        Returns:
+            Per target, `(points, untargeted margin at them)`.
+        """
+        count, batch = len(targets), ops.shape(inputs[0])[0]
+        if count == 1:
+            stacked_context, stacked_inputs = context, list(inputs)
+        else:
+            stacked_context = context.repeated(count)
+            stacked_inputs = [ops.concatenate([x] * count, axis=0) for x in inputs]
+        target = ops.concatenate(targets, axis=0)
+        y = stacked_context.labels
+        loss_fn = lambda outputs: targeted_dlr_loss(  # noqa: E731
+            y, target, stacked_context.logits(outputs))
+        points, _ = self._run(stacked_context, stacked_inputs, epsilon, loss_fn)
+        margins = ops.cast(stacked_context.loss(points), "float32")
+        return [([p[i * batch:(i + 1) * batch] for p in points], margins[i * batch:(i + 1) * batch])
+                for i in range(count)]
 
     def get_config(self):
         config = super().get_config()
         for key in ("loss", "restarts", "direction"):
             config.pop(key)
-        return {"targets": self.targets, **config}
+        return {"targets": self.targets, "targets_per_pass": self.targets_per_pass, **config}

@@ -102,6 +102,27 @@ class PerturbationContext:
         #: integer tensor) when the policy keeps one, else None.
         self.example_index = None
 
+    def repeated(self, count):
+        """This context over `count` copies of the batch stacked along the batch axis.
+
+        The objective repeats the other inputs, masks and labels to match, so
+        an attack can run `count` searches per example in one pass (APGD-T's
+        targets). The objective must accept `repeats` (`site_objective`'s does).
+        """
+        objective = self._objective
+
+        def stacked(structure):
+            return keras.tree.map_structure(
+                lambda t: None if t is None else ops.concatenate([t] * count, axis=0), structure)
+
+        context = PerturbationContext(
+            lambda tensors, repeats=1: objective(tensors, repeats * count), self.seed, self.scale,
+            clip=self._clip, masks=None if self._masks is None else [stacked(m) for m in self._masks],
+            clean=None if self._clean is None else stacked(list(self._clean)),
+            labels=stacked(self.labels), from_logits=self.from_logits,
+            keep_misclassified=self.keep_misclassified)
+        return context
+
     def misclassified(self, outputs):
         """Per example, whether `outputs` misclassify it; None unless `keep_misclassified`.
 
