@@ -42,6 +42,8 @@ class RobustnessReport:
             then `by_attack` holds the robust accuracy after each attack.
         restarts: how many runs (seeds) of each attack the figures take the
             per-example worst case over.
+        resumed_batches: batches read back from `evaluate_robustness`'s
+            `state` file instead of attacked (0 on a first run).
 
     Classifier reports also answer `clean_accuracy`, `accuracy` and
     `robust_accuracy`; regression reports `clean_loss`, `loss` and
@@ -64,6 +66,8 @@ class RobustnessReport:
         self.restarts = int(restarts)
         #: Finds flipped examples on demand (set by `evaluate_robustness` for classifiers).
         self.example_finder = None
+        #: Batches a resumed evaluation read back from its state file instead of attacking.
+        self.resumed_batches = 0
         self._examples = {}
 
     @property

@@ -191,7 +191,8 @@ def evaluate_robustness(
                               restarts=restarts)
     if judge.kind.is_classification and judge.output is None:
         report.example_finder = ExampleFinder(model, x, y, attacks, clean, held, judge, seed)
-    if store is not None and store.reused:
+    report.resumed_batches = 0 if store is None else store.reused
+    if verbose and report.resumed_batches:
         print(f"Resumed from {store.path}: {store.reused} batch(es) read back, not attacked again.")
     return report
 

@@ -8,7 +8,10 @@ import pytest
 from keras import ops
 
 import keras_bidir as kb
+from keras_bidir import losses
 from keras_bidir import trainer
+from keras_bidir.policies.base import PerturbationContext
+from keras_bidir.policies.base import site_objective
 from keras_bidir import policies
 from keras_bidir.layers import PerturbationPoint
 from conftest import RecordGradients as Recorder
@@ -190,3 +193,29 @@ def test_keras_hub_text_example_runs_end_to_end_in_one_epoch(tmp_path):
     assert isinstance(restored.policy, policies.FreeLB)
     np.testing.assert_allclose(restored.predict(x_test, verbose=0),
                                models["freelb"].predict(x_test, verbose=0), atol=1e-5)
+
+
+
+def test_targeted_attacks_stack_their_targets_at_a_masked_point():
+    """APGD-T and FAB-T run their targets in one pass over the batch stacked once per target:
+    the padding mask is stacked along, so padding positions stay exactly as they were."""
+    keras.utils.set_random_seed(0)
+    tokens = keras.Input((SEQ,), dtype="int32")
+    x = keras.layers.Embedding(VOCAB, WIDTH, mask_zero=True)(tokens)
+    x = PerturbationPoint(name="embeddings")(x)
+    x = keras.layers.GlobalAveragePooling1D()(x)
+    model = keras.Model(tokens, keras.layers.Dense(5)(x))
+    ids, _ = token_data(24)
+    x, y = ops.convert_to_tensor(ids), ops.convert_to_tensor(ids[:, 0] % 5)
+    sites = kb.sites.Sites(model, x)
+    clean, masks, _ = sites.record(model, x, training=False)
+    loss = losses.per_example_loss_fn(keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    for attack in (policies.APGDTargeted(0.5, steps=5, targets=3, norm="l2"),
+                   policies.FABTargeted(0.5, steps=5, targets=3, norm="l2")):
+        context = PerturbationContext(
+            site_objective(model, x, y, sites, clean, masks, loss), keras.random.SeedGenerator(0),
+            clip=sites.clip_flags(), masks=masks, clean=clean, labels=y, from_logits=True)
+        moved = kb.sites.apply_masks(clean, attack.attack(context, clean), masks)
+        delta = ops.convert_to_numpy(moved[0]) - ops.convert_to_numpy(clean[0])
+        assert np.all(delta[ids == 0] == 0) and np.abs(delta[ids != 0]).max() > 0
+        assert attack.attack_outputs(model, x, y).shape == (24, 5)
