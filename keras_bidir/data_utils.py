@@ -1,11 +1,12 @@
 """Looking at one batch of the user's data before Keras starts training."""
 
 import inspect
-import re
 import warnings
 
 import keras
 import numpy as np
+
+from keras_bidir import batch_checks
 
 
 def _is_array_like(value):
@@ -107,51 +108,38 @@ def check_label_range(labels, classes, unlabeled=False):
         raise label_range_error(classes, low, high, unlabeled)
 
 
+def _label_check(classes, unlabeled):
+    """Every batch's integer labels lie in `[0, classes)` (or are -1 when `unlabeled`)."""
+    low_bound = -1 if unlabeled else 0
+
+    def host(batch):
+        _, y, _ = keras.utils.unpack_x_y_sample_weight(batch)
+        if y is not None and not isinstance(y, (dict, list, tuple)):
+            check_label_range(keras.ops.convert_to_numpy(y), classes, unlabeled)
+
+    def graph(*batch):
+        import tensorflow as tf
+
+        if len(batch) < 2 or not isinstance(batch[1], tf.Tensor) or not batch[1].dtype.is_integer:
+            return None
+        labels = tf.cast(batch[1], tf.int64)
+        low, high = tf.reduce_min(labels), tf.reduce_max(labels)
+        ok = tf.logical_or(tf.size(labels) == 0, tf.logical_and(low >= low_bound, high < classes))
+        return ok, [low, high]
+
+    return batch_checks.BatchCheck(
+        _LABEL_MARK, host, graph, lambda values: label_range_error(classes, *values, unlabeled))
+
+
 def checked_labels(data, classes, unlabeled=False):
-    """`fit` data whose every batch's integer labels are checked against `[0, classes)`.
-
-    A `tf.data.Dataset` gets an assertion in its pipeline (on the host, with
-    either backend; `translate_label_error` turns it into the clear error),
-    a Python generator or iterator is checked batch by batch; other data is
-    returned as it is.
-    """
-    if _looks_like_tf_dataset(data):
-        import tensorflow as tf  # the data is a tf.data pipeline whatever the backend
-
-        low_bound = -1 if unlabeled else 0
-
-        @tf.autograph.experimental.do_not_convert
-        def check(*batch):
-            if len(batch) < 2 or not isinstance(batch[1], tf.Tensor) or not batch[1].dtype.is_integer:
-                return batch
-            labels = tf.cast(batch[1], tf.int64)
-            low, high = tf.reduce_min(labels), tf.reduce_max(labels)
-            ok = tf.logical_or(tf.size(labels) == 0,
-                               tf.logical_and(low >= low_bound, high < classes))
-            tf.debugging.Assert(ok, [_LABEL_MARK, low, high])
-            return batch
-
-        if not isinstance(data.element_spec, tuple):
-            return data
-        return data.map(check)
-    if inspect.isgenerator(data) or hasattr(data, "__next__"):
-        def generator():
-            for batch in data:
-                _, y, _ = keras.utils.unpack_x_y_sample_weight(batch)
-                if y is not None and not isinstance(y, (dict, list, tuple)):
-                    check_label_range(keras.ops.convert_to_numpy(y), classes, unlabeled)
-                yield batch
-
-        return generator()
-    return data
+    """`fit` data whose every batch's integer labels are checked against `[0, classes)`
+    (see `keras_bidir.batch_checks.checked`; `translate_label_error` gives the clear error)."""
+    return batch_checks.checked(data, _label_check(classes, unlabeled))
 
 
 def translate_label_error(error, classes, unlabeled=False):
     """`label_range_error` for an error raised by `checked_labels`' assertion, else None."""
-    found = re.search(re.escape(_LABEL_MARK) + r"\] \[(-?\d+)\] \[(-?\d+)\]", str(error))
-    if not found:
-        return None
-    return label_range_error(classes, int(found.group(1)), int(found.group(2)), unlabeled)
+    return batch_checks.translate(error, _label_check(classes, unlabeled))
 
 
 def validate_arrays(x, model):

@@ -15,10 +15,10 @@ The inputs then travel as `{INPUTS: x, INDEX: i}`; the training step takes the
 index off before the model sees the inputs.
 """
 
-import re
-
 import numpy as np
 from keras import ops
+
+from keras_bidir import batch_checks
 
 INPUTS = "keras_bidir_inputs"
 INDEX = "keras_bidir_example_index"
@@ -86,38 +86,29 @@ def check_batch(index, policy_name, rows):
         raise too_small(policy_name, rows, int(index.max()))
 
 
+def _memory_check(policy_name, rows):
+    """Every batch's example indices lie below `rows` (the memory's size)."""
+
+    def graph(*batch):
+        import tensorflow as tf
+
+        largest = tf.reduce_max(tf.cast(batch[0][INDEX], tf.int64))
+        return largest < rows, [largest]
+
+    return batch_checks.BatchCheck(
+        _MARK, lambda batch: check_batch(batch[0][INDEX], policy_name, rows), graph,
+        lambda values: too_small(policy_name, rows, values[0]))
+
+
 def checked(data, policy_name, rows):
-    """`fit` data whose every batch's example indices are checked against `rows`.
-
-    A `tf.data.Dataset` gets an assertion in its pipeline (on the host, with
-    either backend), which `translate` turns back into `too_small`; a Python
-    generator or iterator is checked batch by batch. Other data is returned
-    as it is.
-    """
-    if hasattr(data, "element_spec") and hasattr(data, "map"):
-        import tensorflow as tf  # the data is a tf.data pipeline whatever the backend
-
-        @tf.autograph.experimental.do_not_convert
-        def check(*batch):
-            largest = tf.reduce_max(tf.cast(batch[0][INDEX], tf.int64))
-            tf.debugging.Assert(largest < rows, [_MARK, largest])  # runs: a stateful op
-            return batch
-
-        return data.map(check)
-    if hasattr(data, "__next__"):
-        def generator():
-            for batch in data:
-                check_batch(batch[0][INDEX], policy_name, rows)
-                yield batch
-
-        return generator()
-    return data
+    """`fit` data whose every batch's example indices are checked against `rows`
+    (see `keras_bidir.batch_checks.checked`; `translate` gives the clear error back)."""
+    return batch_checks.checked(data, _memory_check(policy_name, rows))
 
 
 def translate(error, policy_name, rows):
     """`too_small` for an error raised by `checked`'s assertion, else None."""
-    found = re.search(re.escape(_MARK) + r"\] \[(\d+)\]", str(error))
-    return too_small(policy_name, rows, int(found.group(1))) if found else None
+    return batch_checks.translate(error, _memory_check(policy_name, rows))
 
 
 def gather_rows(store, index):

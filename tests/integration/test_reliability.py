@@ -124,3 +124,21 @@ def test_an_index_added_after_batching_is_refused_with_the_order_to_use(digits):
     with pytest.raises(ValueError, match=r"applied after batch\(\).*with_example_index\(dataset\)"
                                          r"\.shuffle\(\.\.\.\)\.batch\(\.\.\.\)"):
         model.fit(batched_first, epochs=1, verbose=0)
+
+
+def test_batch_checks_keep_the_datasets_structure_and_translate_their_assertion():
+    import tensorflow as tf
+
+    from keras_bidir import data_utils
+
+    inputs_only = tf.data.Dataset.from_tensor_slices({"x": np.zeros((4, 2), "float32")}).batch(2)
+    assert data_utils.checked_labels(inputs_only, 3).element_spec == inputs_only.element_spec
+    bad = tf.data.Dataset.from_tensor_slices((np.zeros((4, 2), "float32"),
+                                              np.array([0, 1, 5, 2]))).batch(2)
+    checked = data_utils.checked_labels(bad, 3)
+    assert checked.element_spec == bad.element_spec
+    with pytest.raises(Exception) as raised:
+        list(checked)
+    clear = data_utils.translate_label_error(raised.value, 3)
+    assert "y ranges over [2, 5]" in str(clear)
+    assert data_utils.translate_label_error(ValueError("something else"), 3) is None
