@@ -127,9 +127,7 @@ class StepState:
         rows = -(-int(clean[0].shape[0]) // replicas)
         shapes = policy.state_shapes([(rows,) + tuple(t.shape[1:]) for t in clean])
         shapes = [(replicas * shape[0],) + tuple(shape[1:]) for shape in shapes]
-        dtypes = [keras.backend.standardize_dtype(clean[i % len(clean)].dtype)
-                  for i in range(len(shapes))]
-        self.create_policy_variables(shapes, dtypes)
+        self.create_policy_variables(shapes, _site_dtypes(clean, len(shapes)))
 
     def create_policy_variables(self, shapes, dtypes):
         # Reading activation shapes at PerturbationPoints may already have built
@@ -152,9 +150,8 @@ class StepState:
                     f"{num_examples}. Train on the same examples, or build a new model.")
             return
         shapes = policy.example_state_shapes([tuple(t.shape[1:]) for t in clean])
-        dtypes = [keras.backend.standardize_dtype(clean[i % len(clean)].dtype)
-                  for i in range(len(shapes))]
-        self.create_example_variables([(int(num_examples),) + tuple(s) for s in shapes], dtypes)
+        self.create_example_variables([(int(num_examples),) + tuple(s) for s in shapes],
+                                      _site_dtypes(clean, len(shapes)))
 
     def create_example_variables(self, shapes, dtypes):
         with private.unlocked_tracker(self._model):
@@ -239,6 +236,11 @@ class StepState:
 def without_random_states(store):
     """The entries of a variable store that are not random streams (the model's own variables)."""
     return {k: store[k] for k in store.keys() if not k.startswith(_RANDOM_STATE)}
+
+
+def _site_dtypes(clean, count):
+    """The dtypes of `count` state tensors: a policy keeps several per site, site after site."""
+    return [keras.backend.standardize_dtype(clean[i % len(clean)].dtype) for i in range(count)]
 
 
 def results(metrics):

@@ -96,18 +96,12 @@ def _from_function(spec):
 
 
 def check_shapes(model, data):
-    """One clear line when the examples do not fit the model's input, instead of a traceback."""
-    if not (isinstance(data, tuple) and len(data) == 2):
-        return
-    x = data[0]
-    inputs = getattr(getattr(model, "base_model", model), "inputs", None)
-    if not inputs or len(inputs) != 1 or not hasattr(x, "shape"):
-        return
-    expected = tuple(inputs[0].shape[1:])
-    given = tuple(x.shape[1:])
-    fits = len(expected) == len(given) and all(e is None or e == g for e, g in zip(expected, given))
-    if not fits:
-        raise DataError(f"The model takes inputs of shape {(None,) + expected}; the data's "
-                        f"examples have shape {given} (x has shape {tuple(x.shape)}). Reshape "
-                        "them as the model was trained, e.g. x.reshape(len(x), "
-                        f"{', '.join(str(d) for d in expected)}).")
+    """One clear line when the examples do not fit the model's inputs, instead of a traceback
+    (`keras_bidir.data_utils.validate_arrays`, which `fit` uses too)."""
+    from keras_bidir import data_utils
+
+    if isinstance(data, tuple) and len(data) == 2:
+        try:
+            data_utils.validate_arrays(data[0], getattr(model, "base_model", model))
+        except ValueError as error:
+            raise DataError(str(error)) from None

@@ -1,5 +1,6 @@
 """`evaluate_robustness`: the suites, the robustness loop, the checks and the report in one call."""
 
+import itertools
 import warnings
 
 import keras
@@ -143,22 +144,16 @@ def evaluate_robustness(
         raise ValueError("A cascade runs each attack on the examples still classified "
                          "correctly; a regression model has none: pass cascade=False.")
     restarts = check_restarts(restarts)
-    store = None
-    if state is not None:
-        settings = {"epsilons": sorted(epsilons), "attacks": {n: a.get_config() for n, a in
-                                                              attacks.items()},
-                    "suite": suite_name, "cascade": cascade, "checks": bool(checks),
-                    "seed": seed, "restarts": restarts, "batch_size": batch_size,
-                    "output": output, "norm": norm}
-        description = {"examples": num_examples(y), "epsilons": sorted(epsilons),
-                       "suite": suite_name, "attacks": list(attacks), "model": model.name}
-        store = EvaluationState(state, fingerprint(model, x, y, settings), description)
+    store = None if state is None else _open_state(
+        state, model, x, y, attacks, sorted(epsilons), suite=suite_name, cascade=cascade,
+        checks=bool(checks), seed=seed, restarts=restarts, batch_size=batch_size,
+        output=output, norm=norm)
     names = {id(a): n for n, a in attacks.items()}
-    runners, units = {}, []
+    runners, units = {}, itertools.count()
 
     def run(attack, epsilon=None, rows=None, restart=0):
         """One attack run (or the clean pass), unit after unit: their order is fixed."""
-        units.append(len(units))
+        unit = next(units)
         count = num_examples(y) if rows is None else len(rows)
         if rows is not None and not count:
             return np.zeros(0, bool)
@@ -167,7 +162,7 @@ def evaluate_robustness(
         return scores_under_attack(
             model, x, y, attack, judge, batch_size, seed=seed + restart, epsilon=epsilon,
             runners=runners, rows=rows, on_batch=on_batch,
-            store=None if store is None else store.unit(f"unit{units[-1]}"))
+            store=None if store is None else store.unit(f"unit{unit}"))
 
     clean = run(None)
     sweep = run_cascade if cascade else run_independent
@@ -195,6 +190,14 @@ def evaluate_robustness(
     if verbose and report.resumed_batches:
         print(f"Resumed from {store.path}: {store.reused} batch(es) read back, not attacked again.")
     return report
+
+
+def _open_state(path, model, x, y, attacks, epsilons, **settings):
+    """The `EvaluationState` at `path` for this evaluation (its fingerprint: weights, data, settings)."""
+    settings |= {"epsilons": epsilons, "attacks": {n: a.get_config() for n, a in attacks.items()}}
+    description = {"examples": num_examples(y), "epsilons": epsilons, "suite": settings["suite"],
+                   "attacks": list(attacks), "model": model.name}
+    return EvaluationState(path, fingerprint(model, x, y, settings), description)
 
 
 def _progress(label, epsilon, restart, count, judge):

@@ -128,7 +128,7 @@ def test_evaluate_reads_a_function_of_the_users_module(plain_model_file, digits,
 
 @pytest.mark.parametrize("make, message", [
     (lambda np, d, x, y: np.savez(d, x=x.reshape(len(x), -1), y=y),
-     r"takes inputs of shape \(None, 8, 8, 1\); the data's examples have shape \(64,\)"),
+     r"expects examples of shape \(8, 8, 1\), but the data has examples of shape \(64,\)"),
     (lambda np, d, x, y: np.savez(d, images=x, labels=y),
      r"holds \['images', 'labels'\]; it needs arrays named x and y"),
     (lambda np, d, x, y: np.savez(d, x=x, y=y[:-1]), "inputs but .* labels"),
