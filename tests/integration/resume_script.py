@@ -1,8 +1,10 @@
 """Helper for tests/integration/test_resume.py: trains, optionally dies mid-epoch, resumes.
 
-    python tests/integration/resume_script.py MODE BACKUP_DIR OUTPUT.npy POLICY
+    python tests/integration/resume_script.py MODE BACKUP_DIR OUTPUT POLICIES
 MODE is "plain-run" (uninterrupted), "crash" (exits hard during epoch 3) or "resume";
-POLICY "free" (persistent δ) or "pgd" (a random start from the policy's random stream).
+POLICIES a comma-separated list of "free" (persistent δ) and "pgd" (a random start from the
+policy's random stream), trained one after the other in this process (a crash stops at the
+first). Each policy backs up to BACKUP_DIR/<policy> and writes OUTPUT.<policy>.npy.
 """
 
 import os
@@ -24,9 +26,13 @@ POLICIES = {
 }
 
 
-def main(mode, backup_dir, output, policy="free"):
+def main(mode, backup_dir, output, policies):
+    for policy in policies.split(","):
+        train(mode, os.path.join(backup_dir, policy), f"{output}.{policy}.npy", policy)
+
+
+def train(mode, backup_dir, output, policy):
     keras.utils.set_random_seed(0)
-    tf.config.experimental.enable_op_determinism()
     (x, y), _ = kb.datasets.load_digits()
     x, y = x[:512], y[:512]
     model = kb.BidirectionalModel(digits_cnn(0), POLICIES[policy](), seed=0)
@@ -54,4 +60,5 @@ def main(mode, backup_dir, output, policy="free"):
 
 
 if __name__ == "__main__":
+    tf.config.experimental.enable_op_determinism()
     main(*sys.argv[1:5])
