@@ -201,18 +201,27 @@ def _open_state(path, model, x, y, attacks, epsilons, **settings):
 
 
 def _progress(label, epsilon, restart, count, judge):
-    """`on_batch` for one attack run: a Keras progress bar of examples, robust so far, ETA."""
+    """`on_batch` for one attack run: a Keras progress bar of examples, robust so far, ETA.
+
+    An attack with restarts runs once per restart: the bar counts `runs × count` examples
+    and "robust" is the worst case so far over the runs, among the current run's examples.
+    """
     title = label if epsilon is None else f"{label} at ε={epsilon:g}"
     print(title + (f" (run {restart + 1})" if restart else ""))
-    bar = keras.utils.Progbar(count, unit_name="example", stateful_metrics=["robust"])
-    held = [0.0, 0]
+    bar, held = None, {"run": None, "robust": 0.0, "seen": 0}
 
-    def on_batch(done, scores):
+    def on_batch(run, runs, done, scores):
+        nonlocal bar
+        if bar is None:
+            bar = keras.utils.Progbar(runs * count, unit_name="example",
+                                      stateful_metrics=["robust"])
+        if run != held["run"]:
+            held.update(run=run, robust=0.0, seen=0)
         if judge.kind.is_classification:
-            held[0] += float(np.sum(scores))
-            held[1] += len(scores)
-            bar.update(done, values=[("robust", held[0] / max(held[1], 1))])
+            held["robust"] += float(np.sum(scores))
+            held["seen"] += len(scores)
+            bar.update(run * count + done, values=[("robust", held["robust"] / max(held["seen"], 1))])
         else:
-            bar.update(done)
+            bar.update(run * count + done)
 
     return on_batch

@@ -40,7 +40,9 @@ def scores_under_attack(model, x, y, attack, judge=None, batch_size=512, loss=No
         rows: optional indices of the examples to score (a cascade's survivors).
         store: optional place for per-batch results (`EvaluationState.unit`):
             batches it holds are read back, not attacked again.
-        on_batch: optional `on_batch(examples_done, batch_scores)` (progress).
+        on_batch: optional `on_batch(run, runs, examples_done, batch_scores)`
+            (progress): `run` of `runs` (one per restart), the examples done in
+            it and the batch's scores, worst case over this and earlier runs.
 
     Each batch draws its random starts from its own seed (`state.batch_seed`),
     so a batch's result does not depend on which batches ran before it.
@@ -67,9 +69,9 @@ def scores_under_attack(model, x, y, attack, judge=None, batch_size=512, loss=No
                 runners[key] = runner
     steps = runs * int(np.ceil(num_examples(y) / batch_size))
     progress = keras.utils.Progbar(steps, verbose=verbose) if verbose else None
-    result, done = None, 0
+    result = None
     for run_index in range(runs):
-        parts = []
+        parts, done = [], 0
         for batch, (xb, yb) in enumerate(batches(x, y, batch_size)):
             scores = None if store is None else store.get(f"{run_index}/{batch}")
             if scores is None:
@@ -80,7 +82,9 @@ def scores_under_attack(model, x, y, attack, judge=None, batch_size=512, loss=No
             parts.append(scores)
             done += len(scores)
             if on_batch is not None:
-                on_batch(done, scores)
+                seen = scores if result is None else judge.worst(
+                    result[done - len(scores):done], scores)
+                on_batch(run_index, runs, done, seen)
             if progress is not None:
                 progress.add(1)
         run = np.concatenate(parts)
@@ -106,8 +110,8 @@ def _scores_of_rows(model, x, y, attack, judge, batch_size, loss, seed, verbose,
     take = lambda a: take_rows(a, padded)  # noqa: E731
     count = len(rows)
 
-    def progress(done, scores):  # the padding repeats the last row: report the real ones
-        on_batch(min(done, count), scores[:len(scores) - max(0, done - count)])
+    def progress(run, runs, done, scores):  # the padding repeats the last row: report the real ones
+        on_batch(run, runs, min(done, count), scores[:len(scores) - max(0, done - count)])
 
     scores = scores_under_attack(model, keras.tree.map_structure(take, x),
                                  keras.tree.map_structure(take, y), attack, judge, batch_size,

@@ -88,12 +88,19 @@ def test_the_batch_seed_depends_on_seed_run_and_batch_only():
 
 def test_progress_shows_each_attack_with_the_share_still_robust(trained_plain, digits, capsys):
     _, (x_test, y_test) = digits
-    kb.evaluate_robustness(trained_plain, (x_test[:64], y_test[:64]), [0.1, 0.2],
-                           attacks={"FGSM": kb.policies.FGSM(0.1)}, clip_min=0.0, clip_max=1.0,
-                           checks=False, verbose=1, batch_size=32)
+    attacks = {"FGSM": kb.policies.FGSM(0.1), "PGD": kb.policies.PGD(0.1, steps=2, restarts=2)}
+    report = kb.evaluate_robustness(trained_plain, (x_test[:64], y_test[:64]), [0.1, 0.2],
+                                    attacks=attacks, clip_min=0.0, clip_max=1.0, checks=False,
+                                    verbose=1, batch_size=32)
     out = capsys.readouterr().out
     assert "clean" in out and "FGSM at ε=0.1" in out and "FGSM at ε=0.2" in out
     assert "64/64" in out and "robust:" in out
+    # Two restarts: one bar of 2 × 64 examples, never past its end; its last "robust" is the
+    # worst case over both runs, the report's figure.
+    pgd = out.split("PGD at ε=0.1")[1].split("at ε=")[0]
+    assert "128/128" in pgd and "/64" not in pgd
+    robust = report.accuracy["PGD"][0.1]
+    assert 0.001 < robust and f"robust: {robust:.4f}" in pgd.split("128/128")[-1]
 
 
 def _batches(x, y, size):
