@@ -45,6 +45,7 @@ def _evaluate(args):
 
     import keras_bidir  # noqa: F401  (registers the serializable classes)
     from keras_bidir.evaluation import evaluate_robustness
+    from keras_bidir.evaluation.shards import resolve_shard
     from keras_bidir_cli import evaluation_data
 
     if not os.path.exists(args.model):
@@ -66,17 +67,25 @@ def _evaluate(args):
         raise SystemExit(f"keras-bidir evaluate: {error}") from None
     clip_min, clip_max = _data_range(args, model, known_range)
     try:
+        shard = resolve_shard(args.shard)
+    except ValueError as error:
+        raise SystemExit(f"keras-bidir evaluate: --shard: {error}") from None
+    try:
         report = evaluate_robustness(
             model, data, args.epsilons, norm=args.norm, clip_min=clip_min, clip_max=clip_max,
             batch_size=args.batch_size, checks=not args.no_checks, suite=args.suite,
             from_logits=None if args.from_logits is None else args.from_logits == "true",
-            state=args.state,
+            state=args.state, shard=shard,
         )
     except ValueError as error:
         hint = " (on the command line: --suite fast)" if "suite='fast'" in str(error) else ""
+        hint = " (on the command line: --state PATH)" if "pass state=" in str(error) else hint
         raise SystemExit(f"keras-bidir evaluate: {error}{hint}") from None
     print()
     print(report.to_markdown())
+    if shard is not None and shard.index:
+        print(f"\nShard {shard.index} of {shard.count} done; shard 0 writes the report files.")
+        return 0 if report.passed_checks else 3
     os.makedirs(args.output_dir, exist_ok=True)
     json_path = os.path.join(args.output_dir, "report.json")
     with open(json_path, "w") as handle:

@@ -119,6 +119,12 @@ def _add_evaluate(sub):
     evaluate.add_argument("--state", default=None, metavar="PATH",
                           help="keep per-example results in PATH as they finish: a killed run "
                           "started again with the same arguments resumes where it stopped")
+    evaluate.add_argument("--shard", default=None, metavar="I/N",
+                          help="run as shard I of N processes (e.g. one per GPU or host; "
+                          "'auto' reads jax.distributed or TF_CONFIG): each attacks every N-th "
+                          "batch and reads the others' results from their --state files, so "
+                          "--state must be on storage all of them see; shard 0 writes the "
+                          "report")
     evaluate.add_argument("--epsilons", type=_positive_float, nargs="+", default=[0.1, 0.2, 0.3],
                           metavar="EPS")
     evaluate.add_argument("--norm", default="linf", choices=["linf", "l2"])

@@ -13,7 +13,8 @@ The modules, in the order data flows through them:
 - `robustness`: `evaluate_robustness`, which runs all of the above;
 - `report` and `pictures`: what it returns (`RobustnessReport`, flipped examples);
   `robustbench` writes a report as RobustBench's model-info JSON;
-- `state`: the file that lets a killed evaluation resume.
+- `state`: the file that lets a killed evaluation resume; `shards` shares one
+  evaluation among processes through such files.
 """
 
 from keras_bidir.evaluation import robustbench
@@ -30,6 +31,7 @@ from keras_bidir.evaluation.runner import output_names
 from keras_bidir.evaluation.scores import correct_under_attack
 from keras_bidir.evaluation.scores import robust_accuracy
 from keras_bidir.evaluation.scores import scores_under_attack
+from keras_bidir.evaluation.shards import Shard
 from keras_bidir.evaluation.suites import SUITES
 from keras_bidir.evaluation.suites import default_attacks
 from keras_bidir.evaluation.suites import standard_attacks
@@ -38,5 +40,5 @@ __all__ = [
     "AttackRunner", "CHECK_ATTACKS", "Check", "Judge", "RobustnessReport", "SUITES",
     "correct_under_attack", "default_attacks", "evaluate_robustness", "head", "materialize",
     "output_names", "picture_radius", "robust_accuracy", "robustbench", "scores_under_attack",
-    "standard_attacks",
+    "Shard", "standard_attacks",
 ]

@@ -16,6 +16,8 @@ from keras_bidir.evaluation.report import RobustnessReport
 from keras_bidir.evaluation.runner import materialize
 from keras_bidir.evaluation.runner import num_examples
 from keras_bidir.evaluation.scores import scores_under_attack
+from keras_bidir.evaluation.shards import ShardedState
+from keras_bidir.evaluation.shards import resolve_shard
 from keras_bidir.evaluation.state import EvaluationState
 from keras_bidir.evaluation.state import fingerprint
 from keras_bidir.evaluation.suites import check_restarts
@@ -40,6 +42,7 @@ def evaluate_robustness(
     cascade=None,
     restarts=1,
     state=None,
+    shard=None,
 ):
     """Clean and robust accuracy (or loss, for regression) under a set of attacks.
 
@@ -113,6 +116,13 @@ def evaluate_robustness(
             after a kill, the evaluation resumes where it stopped (losing at
             most the batch in flight) and gives the report an uninterrupted
             run gives; a file from another evaluation is refused.
+        shard: share the evaluation among processes (one per device, or per
+            host): this process's `evaluation.Shard(index, count)`, `"i/n"`,
+            or `"auto"` (from `jax.distributed` or TF_CONFIG). Shard i
+            attacks every n-th batch and reads the others' results from their
+            state files (`state` + `.<i>-of-<n>`, on storage all shards see);
+            each shard returns the full report, the per-example results those
+            of one process. Needs `state`.
 
     Returns:
         A `RobustnessReport`.
@@ -144,60 +154,74 @@ def evaluate_robustness(
         raise ValueError("A cascade runs each attack on the examples still classified "
                          "correctly; a regression model has none: pass cascade=False.")
     restarts = check_restarts(restarts)
+    shard = resolve_shard(shard)
+    if shard is not None and state is None:
+        raise ValueError("A sharded evaluation exchanges its results through state files: "
+                         "pass state=<a path every shard sees> (a local disk for processes "
+                         "on one machine, a shared file system across hosts).")
     store = None if state is None else _open_state(
-        state, model, x, y, attacks, sorted(epsilons), suite=suite_name, cascade=cascade,
-        checks=bool(checks), seed=seed, restarts=restarts, batch_size=batch_size,
-        output=output, norm=norm)
-    names = {id(a): n for n, a in attacks.items()}
-    runners, units = {}, itertools.count()
+        state, shard, model, x, y, attacks, sorted(epsilons), suite=suite_name,
+        cascade=cascade, checks=bool(checks), seed=seed, restarts=restarts,
+        batch_size=batch_size, output=output, norm=norm)
+    try:
+        names = {id(a): n for n, a in attacks.items()}
+        runners, units = {}, itertools.count()
 
-    def run(attack, epsilon=None, rows=None, restart=0):
-        """One attack run (or the clean pass), unit after unit: their order is fixed."""
-        unit = next(units)
-        count = num_examples(y) if rows is None else len(rows)
-        if rows is not None and not count:
-            return np.zeros(0, bool)
-        label = "clean" if attack is None else names.get(id(attack), type(attack).__name__)
-        on_batch = _progress(label, epsilon, restart, count, judge) if verbose else None
-        return scores_under_attack(
-            model, x, y, attack, judge, batch_size, seed=seed + restart, epsilon=epsilon,
-            runners=runners, rows=rows, on_batch=on_batch,
-            store=None if store is None else store.unit(f"unit{unit}"))
+        def run(attack, epsilon=None, rows=None, restart=0):
+            """One attack run (or the clean pass), unit after unit: their order is fixed."""
+            unit = next(units)
+            count = num_examples(y) if rows is None else len(rows)
+            if rows is not None and not count:
+                return np.zeros(0, bool)
+            label = "clean" if attack is None else names.get(id(attack), type(attack).__name__)
+            on_batch = _progress(label, epsilon, restart, count, judge) if verbose else None
+            return scores_under_attack(
+                model, x, y, attack, judge, batch_size, seed=seed + restart, epsilon=epsilon,
+                runners=runners, rows=rows, on_batch=on_batch,
+                store=None if store is None else store.unit(unit))
 
-    clean = run(None)
-    sweep = run_cascade if cascade else run_independent
-    by_attack, held, free_check = sweep(run, attacks, sorted(epsilons), clean, judge, restarts)
-    results = []
-    if checks:
-        results, check_scores = masking_checks(model, x, y, judge, run, epsilons, by_attack,
-                                                common, batch_size,
-                                                max(0.01, 2.0 / num_examples(y)))
-        # The report is the per-example worst case over every attack this call ran.
-        fold(held, check_scores, judge, by_attack if cascade else None)
-        if free_check is not None:
-            results.append(free_check)
-        for check in results:
-            if not check.passed:
-                warnings.warn(f"Gradient-masking check '{check.name}' failed: {check.message}", stacklevel=2)
-    worst_case = {e: judge.summary(held[e]) for e in sorted(epsilons)}
-    report = RobustnessReport(judge.summary(clean), sorted(epsilons), by_attack, worst_case,
-                              results, num_examples(y), norm, measure=judge.measure,
-                              output=output, suite=suite_name, cascade=cascade,
-                              restarts=restarts)
-    if judge.kind.is_classification and judge.output is None:
-        report.example_finder = ExampleFinder(model, x, y, attacks, clean, held, judge, seed)
-    report.resumed_batches = 0 if store is None else store.reused
-    if verbose and report.resumed_batches:
-        print(f"Resumed from {store.path}: {store.reused} batch(es) read back, not attacked again.")
-    return report
+        clean = run(None)
+        sweep = run_cascade if cascade else run_independent
+        by_attack, held, free_check = sweep(run, attacks, sorted(epsilons), clean, judge, restarts)
+        results = []
+        if checks:
+            results, check_scores = masking_checks(model, x, y, judge, run, epsilons, by_attack,
+                                                    common, batch_size,
+                                                    max(0.01, 2.0 / num_examples(y)))
+            # The report is the per-example worst case over every attack this call ran.
+            fold(held, check_scores, judge, by_attack if cascade else None)
+            if free_check is not None:
+                results.append(free_check)
+            for check in results:
+                if not check.passed:
+                    warnings.warn(f"Gradient-masking check '{check.name}' failed: {check.message}", stacklevel=2)
+        worst_case = {e: judge.summary(held[e]) for e in sorted(epsilons)}
+        report = RobustnessReport(judge.summary(clean), sorted(epsilons), by_attack, worst_case,
+                                  results, num_examples(y), norm, measure=judge.measure,
+                                  output=output, suite=suite_name, cascade=cascade,
+                                  restarts=restarts)
+        if judge.kind.is_classification and judge.output is None:
+            report.example_finder = ExampleFinder(model, x, y, attacks, clean, held, judge, seed)
+        report.resumed_batches = 0 if store is None else store.reused
+        if verbose and report.resumed_batches:
+            print(f"Resumed from {store.path}: {store.reused} batch(es) read back, not attacked again.")
+        return report
+    except BaseException as error:
+        if store is not None:
+            store.fail(f"{type(error).__name__}: {error}")  # the other shards stop too
+        raise
 
 
-def _open_state(path, model, x, y, attacks, epsilons, **settings):
-    """The `EvaluationState` at `path` for this evaluation (its fingerprint: weights, data, settings)."""
+def _open_state(path, shard, model, x, y, attacks, epsilons, **settings):
+    """The `EvaluationState` at `path` for this evaluation (its fingerprint: weights, data,
+    settings), or this shard's `ShardedState`."""
     settings |= {"epsilons": epsilons, "attacks": {n: a.get_config() for n, a in attacks.items()}}
     description = {"examples": num_examples(y), "epsilons": epsilons, "suite": settings["suite"],
                    "attacks": list(attacks), "model": model.name}
-    return EvaluationState(path, fingerprint(model, x, y, settings), description)
+    digest = fingerprint(model, x, y, settings)
+    if shard is None:
+        return EvaluationState(path, digest, description)
+    return ShardedState(path, digest, description, shard)
 
 
 def _progress(label, epsilon, restart, count, judge):
@@ -210,7 +234,7 @@ def _progress(label, epsilon, restart, count, judge):
     print(title + (f" (run {restart + 1})" if restart else ""))
     bar, held = None, {"run": None, "robust": 0.0, "seen": 0}
 
-    def on_batch(run, runs, done, scores):
+    def on_batch(run, runs, done, scores, start):
         nonlocal bar
         if bar is None:
             bar = keras.utils.Progbar(runs * count, unit_name="example",

@@ -40,9 +40,10 @@ def scores_under_attack(model, x, y, attack, judge=None, batch_size=512, loss=No
         rows: optional indices of the examples to score (a cascade's survivors).
         store: optional place for per-batch results (`EvaluationState.unit`):
             batches it holds are read back, not attacked again.
-        on_batch: optional `on_batch(run, runs, examples_done, batch_scores)`
+        on_batch: optional `on_batch(run, runs, examples_done, batch_scores, start)`
             (progress): `run` of `runs` (one per restart), the examples done in
-            it and the batch's scores, worst case over this and earlier runs.
+            it, the batch's scores (worst case over this and earlier runs) and
+            its first row.
 
     Each batch draws its random starts from its own seed (`state.batch_seed`),
     so a batch's result does not depend on which batches ran before it.
@@ -67,29 +68,45 @@ def scores_under_attack(model, x, y, attack, judge=None, batch_size=512, loss=No
                                   keep_misclassified=judge.single_classifier)
             if runners is not None:
                 runners[key] = runner
-    steps = runs * int(np.ceil(num_examples(y) / batch_size))
-    progress = keras.utils.Progbar(steps, verbose=verbose) if verbose else None
+    per_run = int(np.ceil(num_examples(y) / batch_size))
+    progress = keras.utils.Progbar(runs * per_run, verbose=verbose) if verbose else None
     result = None
     for run_index in range(runs):
-        parts, done = [], 0
+        parts, done, theirs = [], 0, []
         for batch, (xb, yb) in enumerate(batches(x, y, batch_size)):
-            scores = None if store is None else store.get(f"{run_index}/{batch}")
+            key, number = f"{run_index}/{batch}", run_index * per_run + batch
+            if store is not None and not store.owns(number):  # another shard attacks it
+                theirs.append((len(parts), key, number))
+                parts.append(None)
+                continue
+            scores = None if store is None else store.get(key)
             if scores is None:
                 scores = _score_batch(model, runner, judge, xb, yb, epsilon,
                                       batch_seed(seed, run_index, batch))
                 if store is not None:
-                    store.put(f"{run_index}/{batch}", scores)
+                    store.put(key, scores)
             parts.append(scores)
             done += len(scores)
-            if on_batch is not None:
-                seen = scores if result is None else judge.worst(
-                    result[done - len(scores):done], scores)
-                on_batch(run_index, runs, done, seen)
-            if progress is not None:
-                progress.add(1)
+            _report(on_batch, progress, judge, result, run_index, runs, done, batch_size, scores,
+                    batch)
+        for position, key, number in theirs:  # after this shard's own: they ran meanwhile
+            parts[position] = store.fetch(key, number)
+            done += len(parts[position])
+            _report(on_batch, progress, judge, result, run_index, runs, done, batch_size,
+                    parts[position], position)
         run = np.concatenate(parts)
         result = run if result is None else judge.worst(result, run)
     return result
+
+
+def _report(on_batch, progress, judge, result, run, runs, done, batch_size, scores, position):
+    """Progress after batch `position` of a run: `on_batch` gets its worst case so far."""
+    if on_batch is not None:
+        start = position * batch_size
+        seen = scores if result is None else judge.worst(result[start:start + len(scores)], scores)
+        on_batch(run, runs, done, seen, start)
+    if progress is not None:
+        progress.add(1)
 
 
 def _score_batch(model, runner, judge, xb, yb, epsilon, seed):
@@ -110,8 +127,9 @@ def _scores_of_rows(model, x, y, attack, judge, batch_size, loss, seed, verbose,
     take = lambda a: take_rows(a, padded)  # noqa: E731
     count = len(rows)
 
-    def progress(run, runs, done, scores):  # the padding repeats the last row: report the real ones
-        on_batch(run, runs, min(done, count), scores[:len(scores) - max(0, done - count)])
+    def progress(run, runs, done, scores, start):  # the padding repeats the last row: drop it
+        real = scores[:max(0, count - start)]
+        on_batch(run, runs, min(done, count), real, start)
 
     scores = scores_under_attack(model, keras.tree.map_structure(take, x),
                                  keras.tree.map_structure(take, y), attack, judge, batch_size,

@@ -12,6 +12,7 @@ radii, attacks or suite) is refused.
 import hashlib
 import json
 import os
+import time
 import zipfile
 
 import keras
@@ -56,14 +57,7 @@ class EvaluationState:
             self.entries = self._read(description)
 
     def _read(self, description):
-        try:
-            with np.load(self.path, allow_pickle=False) as archive:
-                meta = json.loads(str(archive[_META]))
-                entries = {k: archive[k] for k in archive.files if k != _META}
-        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
-            raise ValueError(
-                f"{self.path} is not a complete evaluation state ({error}). Delete it to start "
-                "the evaluation afresh, or pass another state path.") from None
+        meta, entries = read_state(self.path)
         if meta.get("format") != FORMAT or meta.get("fingerprint") != self._meta["fingerprint"]:
             raise ValueError(
                 f"{self.path} holds the results of another evaluation (other weights, data, "
@@ -72,6 +66,19 @@ class EvaluationState:
                 f"{json.dumps(description, sort_keys=True)}. Pass another state path, or delete "
                 "the file to start afresh.")
         return entries
+
+    def owns(self, batch):
+        """Whether this process attacks `batch` (numbered across the evaluation): all of them."""
+        return True
+
+    def fetch(self, key, batch):
+        """The scores of a batch another shard attacks (sharded states only)."""
+        raise NotImplementedError("An unsharded evaluation attacks every batch itself.")
+
+    def fail(self, message):
+        """Records in the file that this process stopped with `message` (for the other shards)."""
+        self._meta["failed"] = {"message": message, "at": time.time()}
+        self._write()
 
     def get(self, key):
         """The stored scores of `key`, or None."""
@@ -83,6 +90,9 @@ class EvaluationState:
     def put(self, key, scores):
         """Stores `scores` under `key` and writes the file (atomically)."""
         self.entries[key] = np.asarray(scores)
+        self._write()
+
+    def _write(self):
         temporary = f"{self.path}.tmp"
         with open(temporary, "wb") as handle:
             np.savez(handle, **{_META: np.asarray(json.dumps(self._meta))}, **self.entries)
@@ -90,20 +100,40 @@ class EvaluationState:
             os.fsync(handle.fileno())
         os.replace(temporary, self.path)
 
-    def unit(self, name):
-        """A view whose keys are prefixed with `name` (one attack run)."""
-        return _Unit(self, name)
+    def unit(self, number):
+        """A view of one attack run (the `number`-th of the evaluation): its keys are prefixed
+        with `unit<number>/` and its batches numbered from `number` on (shards take turns)."""
+        return _Unit(self, f"unit{number}", number)
+
+
+def read_state(path):
+    """`(meta, entries)` of a state file; a file that is not a complete one is refused."""
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            meta = json.loads(str(archive[_META]))
+            entries = {k: archive[k] for k in archive.files if k != _META}
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
+        raise ValueError(
+            f"{path} is not a complete evaluation state ({error}). Delete it to start "
+            "the evaluation afresh, or pass another state path.") from None
+    return meta, entries
 
 
 class _Unit:
-    def __init__(self, state, name):
-        self.state, self.name = state, name
+    def __init__(self, state, name, offset):
+        self.state, self.name, self.offset = state, name, offset
 
     def get(self, key):
         return self.state.get(f"{self.name}/{key}")
 
     def put(self, key, scores):
         self.state.put(f"{self.name}/{key}", scores)
+
+    def owns(self, batch):
+        return self.state.owns(self.offset + batch)
+
+    def fetch(self, key, batch):
+        return self.state.fetch(f"{self.name}/{key}", self.offset + batch)
 
 
 def batch_seed(seed, run, batch):

@@ -101,6 +101,37 @@ def test_evaluate_reads_the_users_npz_with_its_range(plain_model_file, digits, t
     assert report["clean_accuracy"] == pytest.approx(expected)
 
 
+def test_evaluate_as_two_shards_writes_one_report(plain_model_file, digits, tmp_path, capsys):
+    import threading
+
+    _, (x_test, y_test) = digits
+    np = pytest.importorskip("numpy")
+    np.savez(tmp_path / "mine.npz", x=x_test[:48], y=y_test[:48])
+    common = ["evaluate", str(plain_model_file), "--data", str(tmp_path / "mine.npz"),
+              "--suite", "fast", "--no-checks", "--epsilons", "0.1", "--clip-min", "0",
+              "--clip-max", "1", "--batch-size", "16", "--output-dir", str(tmp_path / "out")]
+    with pytest.raises(SystemExit, match=r"pass state=.*--state PATH"):
+        cli.main(common + ["--shard", "0/2"])
+    with pytest.raises(SystemExit, match=r"--shard: shard must read 'i/n'"):
+        cli.main(common + ["--shard", "two"])
+    # Two shards, as two processes would run them (here two threads, each loading the model).
+    sharded = common + ["--state", str(tmp_path / "state.npz")]
+    codes = {}
+    other = threading.Thread(target=lambda: codes.update(one=cli.main(sharded + ["--shard", "1/2"])))
+    other.start()
+    codes["zero"] = cli.main(sharded + ["--shard", "0/2"])
+    other.join(timeout=600)
+    assert codes == {"zero": 0, "one": 0}
+    assert "Shard 1 of 2 done; shard 0 writes the report files." in capsys.readouterr().out
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert sorted(p.name for p in tmp_path.glob("state.npz.*")) == ["state.npz.0-of-2",
+                                                                     "state.npz.1-of-2"]
+    single = common[:-1] + [str(tmp_path / "single")]
+    assert cli.main(single) == 0
+    expected = json.loads((tmp_path / "single" / "report.json").read_text())
+    assert report == expected
+
+
 def kb_robust(model_file, x, y):
     import keras
 
