@@ -16,7 +16,8 @@ import os
 import time
 
 from keras_bidir.evaluation.state import EvaluationState
-from keras_bidir.evaluation.state import read_state
+from keras_bidir.evaluation.state import FORMAT
+from keras_bidir.evaluation.state import StateReader
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,9 +115,12 @@ class ShardedState(EvaluationState):
         super().__init__(shard_path(path, shard.index, shard.count), fingerprint, description)
         self.shard, self.description = shard, description
         self.started = time.time()
-        self.others = {i: {"index": i, "path": shard_path(path, i, shard.count), "entries": {},
-                           "stamp": None, "changed": time.monotonic()}
-                       for i in range(shard.count) if i != shard.index}
+        self.others = {}
+        for i in range(shard.count):
+            if i != shard.index:
+                other = shard_path(path, i, shard.count)
+                self.others[i] = {"index": i, "path": other, "reader": StateReader(other),
+                                  "entries": {}, "stamp": None, "changed": time.monotonic()}
 
     def owns(self, batch):
         return batch % self.shard.count == self.shard.index
@@ -148,8 +152,11 @@ class ShardedState(EvaluationState):
         stamp = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
         if stamp == other["stamp"]:
             return
-        meta, entries = read_state(other["path"])
-        if meta.get("fingerprint") != self._meta["fingerprint"]:
+        other["stamp"] = stamp
+        meta = other["reader"].read(starting=True)
+        if meta is None:  # its header is being written
+            return
+        if meta.get("format") != FORMAT or meta.get("fingerprint") != self._meta["fingerprint"]:
             raise ValueError(
                 f"{other['path']} holds the results of another evaluation: "
                 f"{json.dumps(meta.get('description'), sort_keys=True)}, not "
@@ -159,4 +166,4 @@ class ShardedState(EvaluationState):
         if failed and failed["at"] >= self.started:  # an older failure: it may be restarting
             raise RuntimeError(f"Shard {other['index']} stopped with an error ({other['path']}): "
                                f"{failed['message']}. No partial figure is reported.")
-        other.update(entries=entries, stamp=stamp, changed=time.monotonic())
+        other.update(entries=other["reader"].entries, changed=time.monotonic())

@@ -1,19 +1,22 @@
 """A resumable evaluation: per-example results kept in a file as each batch finishes.
 
-`evaluate_robustness(..., state=path)` writes every batch's per-example scores
-to `path` (atomically: a complete file or the previous one, never half of one).
-Run again with the same arguments after a kill, it reads them back instead of
-attacking those batches again, so at most the batch in flight is lost, and the
-report is the one an uninterrupted run gives (each batch draws its random
-starts from its own seed). A file from another evaluation (other weights, data,
-radii, attacks or suite) is refused.
+`evaluate_robustness(..., state=path)` appends every batch's per-example scores
+to `path` as one record (length, key, the array, a SHA-256 of both), flushed to
+disk before the next batch starts. Run again with the same arguments after a
+kill, it reads them back instead of attacking those batches again, so at most
+the batch in flight is lost (a record cut short by the kill is dropped), and
+the report is the one an uninterrupted run gives (each batch draws its random
+starts from its own seed). A file from another evaluation (other weights,
+data, radii, attacks or suite), one whose header is cut short and one with a
+damaged record are refused. Writing a batch costs one record, not the file.
 """
 
 import hashlib
+import io
 import json
 import os
+import struct
 import time
-import zipfile
 
 import keras
 import numpy as np
@@ -21,7 +24,10 @@ from keras import ops
 
 from keras_bidir.evaluation.spill import DiskArray
 
-FORMAT = 1
+FORMAT = 2
+MAGIC = b"keras-bidir evaluation state\n"
+_LENGTH = struct.Struct("<Q")
+_DIGEST = 32
 _META = "__meta__"
 
 
@@ -54,10 +60,14 @@ class EvaluationState:
         self.entries = {}
         self.reused = 0
         if os.path.exists(self.path):
-            self.entries = self._read(description)
+            self._resume(description)
+        else:
+            with open(self.path, "wb") as handle:
+                _append(handle, MAGIC + _record(_META, json.dumps(self._meta).encode()))
 
-    def _read(self, description):
-        meta, entries = read_state(self.path)
+    def _resume(self, description):
+        reader = StateReader(self.path)
+        meta = reader.read()
         if meta.get("format") != FORMAT or meta.get("fingerprint") != self._meta["fingerprint"]:
             raise ValueError(
                 f"{self.path} holds the results of another evaluation (other weights, data, "
@@ -65,7 +75,10 @@ class EvaluationState:
                 f"{json.dumps(meta.get('description'), sort_keys=True)}, this one is "
                 f"{json.dumps(description, sort_keys=True)}. Pass another state path, or delete "
                 "the file to start afresh.")
-        return entries
+        self.entries = dict(reader.entries)
+        with open(self.path, "r+b") as handle:  # drop a record a kill cut short
+            handle.truncate(reader.offset)
+        self._append(_record(_META, json.dumps(self._meta).encode()))  # clears a failure
 
     def owns(self, batch):
         """Whether this process attacks `batch` (numbered across the evaluation): all of them."""
@@ -77,8 +90,8 @@ class EvaluationState:
 
     def fail(self, message):
         """Records in the file that this process stopped with `message` (for the other shards)."""
-        self._meta["failed"] = {"message": message, "at": time.time()}
-        self._write()
+        failed = {**self._meta, "failed": {"message": message, "at": time.time()}}
+        self._append(_record(_META, json.dumps(failed).encode()))
 
     def get(self, key):
         """The stored scores of `key`, or None."""
@@ -88,17 +101,15 @@ class EvaluationState:
         return found
 
     def put(self, key, scores):
-        """Stores `scores` under `key` and writes the file (atomically)."""
+        """Stores `scores` under `key`: one record appended and flushed to disk."""
         self.entries[key] = np.asarray(scores)
-        self._write()
+        buffer = io.BytesIO()
+        np.save(buffer, self.entries[key], allow_pickle=False)
+        self._append(_record(key, buffer.getvalue()))
 
-    def _write(self):
-        temporary = f"{self.path}.tmp"
-        with open(temporary, "wb") as handle:
-            np.savez(handle, **{_META: np.asarray(json.dumps(self._meta))}, **self.entries)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, self.path)
+    def _append(self, data):
+        with open(self.path, "ab") as handle:
+            _append(handle, data)
 
     def unit(self, number):
         """A view of one attack run (the `number`-th of the evaluation): its keys are prefixed
@@ -106,17 +117,82 @@ class EvaluationState:
         return _Unit(self, f"unit{number}", number)
 
 
+def _record(key, payload):
+    body = key.encode() + b"\0" + payload
+    return _LENGTH.pack(len(body)) + body + hashlib.sha256(body).digest()
+
+
+def _append(handle, data):
+    handle.write(data)
+    handle.flush()
+    os.fsync(handle.fileno())
+
+
+class StateReader:
+    """Reads a state file, and what was appended to it since the last `read`.
+
+    A record cut short at the end (the writer was killed, or is writing it now) is left for
+    the next read; a file without the header, or with a damaged record, is refused.
+    """
+
+    def __init__(self, path):
+        self.path, self.offset, self.meta, self.entries = os.fspath(path), 0, None, {}
+
+    def read(self, starting=False):
+        """Reads the new records; returns the latest meta (format, fingerprint, failure).
+
+        Args:
+            starting: the writer may be starting: a header not yet complete gives None
+                instead of a refusal.
+        """
+        try:
+            with open(self.path, "rb") as handle:
+                handle.seek(self.offset)
+                data = handle.read()
+        except OSError as error:
+            self._refuse(error)
+        position = 0
+        if self.offset == 0:
+            if starting and len(data) < len(MAGIC) and MAGIC.startswith(data):
+                return None
+            if not data.startswith(MAGIC):
+                self._refuse("no state header; an earlier version's file, or another file")
+            position = len(MAGIC)
+        while position + _LENGTH.size <= len(data):
+            (length,) = _LENGTH.unpack_from(data, position)
+            end = position + _LENGTH.size + length + _DIGEST
+            if end > len(data):
+                break
+            body = data[position + _LENGTH.size:end - _DIGEST]
+            if hashlib.sha256(body).digest() != data[end - _DIGEST:end]:
+                self._refuse(f"a damaged record at byte {self.offset + position}")
+            key, _, payload = body.partition(b"\0")
+            self._take(key.decode(), payload)
+            position = end
+        self.offset += position
+        if self.meta is None:
+            if starting:
+                self.offset = 0
+                return None
+            self._refuse("its header is cut short")
+        return self.meta
+
+    def _take(self, key, payload):
+        if key == _META:
+            self.meta = json.loads(payload)
+        else:
+            self.entries[key] = np.load(io.BytesIO(payload), allow_pickle=False)
+
+    def _refuse(self, reason):
+        raise ValueError(
+            f"{self.path} is not a complete evaluation state ({reason}). Delete it to start "
+            "the evaluation afresh, or pass another state path.") from None
+
+
 def read_state(path):
     """`(meta, entries)` of a state file; a file that is not a complete one is refused."""
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            meta = json.loads(str(archive[_META]))
-            entries = {k: archive[k] for k in archive.files if k != _META}
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
-        raise ValueError(
-            f"{path} is not a complete evaluation state ({error}). Delete it to start "
-            "the evaluation afresh, or pass another state path.") from None
-    return meta, entries
+    reader = StateReader(path)
+    return reader.read(), reader.entries
 
 
 class _Unit:

@@ -33,8 +33,7 @@ def _script(saved, state, report, kill_after=None):
 
 
 def _entries(path):
-    with np.load(path) as archive:
-        return {k: archive[k] for k in archive.files if k != "__meta__"}
+    return state_lib.read_state(path)[1]
 
 
 def test_a_killed_evaluation_resumes_to_the_same_per_example_results(saved, trained_plain, tmp_path):
@@ -67,6 +66,7 @@ def test_a_state_from_another_evaluation_is_refused(trained_plain, digits, tmp_p
               "attacks": {"FGSM": kb.policies.FGSM(0.1)}}
     path = tmp_path / "state.npz"
     first = kb.evaluate_robustness(trained_plain, data, [0.1], state=path, **common)
+    whole = path.read_bytes()  # its last record: FGSM's batch
     again = kb.evaluate_robustness(trained_plain, data, [0.1], state=path, **common)
     assert again.to_dict() == first.to_dict()
     with pytest.raises(ValueError, match=r'results of another evaluation.*"epsilons": \[0\.1\]'
@@ -75,7 +75,17 @@ def test_a_state_from_another_evaluation_is_refused(trained_plain, digits, tmp_p
     other_data = (x_test[64:128], y_test[64:128])
     with pytest.raises(ValueError, match="results of another evaluation"):
         kb.evaluate_robustness(trained_plain, other_data, [0.1], state=path, **common)
-    path.write_bytes(path.read_bytes()[:100])  # truncated, as by a full disk
+    # The last record cut short (a kill while it was written): that batch is attacked again.
+    path.write_bytes(whole[:-10])
+    again = kb.evaluate_robustness(trained_plain, data, [0.1], state=path, **common)
+    assert again.to_dict() == first.to_dict() and again.resumed_batches == 1  # of 2
+    assert len(_entries(path)) == 2
+    # A damaged record is refused, never read; so is a header cut short (a full disk).
+    middle = whole.index(b"unit0/0")
+    path.write_bytes(whole[:middle] + b"X" + whole[middle + 1:])
+    with pytest.raises(ValueError, match="not a complete evaluation state.*damaged record"):
+        kb.evaluate_robustness(trained_plain, data, [0.1], state=path, **common)
+    path.write_bytes(whole[:40])
     with pytest.raises(ValueError, match="not a complete evaluation state.*Delete it"):
         kb.evaluate_robustness(trained_plain, data, [0.1], state=path, **common)
 

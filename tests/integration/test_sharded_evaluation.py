@@ -31,8 +31,7 @@ def _copy(model):
 
 
 def _entries(path):
-    with np.load(path) as archive:
-        return {k: archive[k] for k in archive.files if k != "__meta__"}
+    return state_lib.read_state(path)[1]
 
 
 def _run_shards(model, data, epsilons, state, count=2):
@@ -89,13 +88,13 @@ def test_a_shard_that_stops_fails_the_others_loudly(trained_plain, digits, tmp_p
 
 def _stale_failure_is_ignored_then_a_new_one_stops(model, data, tmp_path):
     """Shard 0's failure above predates this run: shard 1 waits; a fresh one stops it."""
-    meta, entries = state_lib.read_state(tmp_path / "a.npz.0-of-2")
+    meta, _ = state_lib.read_state(tmp_path / "a.npz.0-of-2")
 
     def fail_soon():
         import time
         time.sleep(1.0)
         state = state_lib.EvaluationState.__new__(state_lib.EvaluationState)
-        state.path, state.entries, state._meta = str(tmp_path / "a.npz.0-of-2"), entries, meta
+        state.path, state._meta = str(tmp_path / "a.npz.0-of-2"), meta
         state.fail("ValueError: out of memory")
 
     threading.Thread(target=fail_soon).start()
