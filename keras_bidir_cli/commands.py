@@ -104,6 +104,29 @@ def _evaluate(args):
     return 0 if report.passed_checks else 3
 
 
+def _data(args):
+    import subprocess
+
+    from keras_bidir import dataset_files
+
+    try:
+        arrays = dataset_files.load_arrays(args.name)
+        print(f"{args.name} is already here ({dataset_files.cache_dir()}).")
+    except FileNotFoundError:
+        try:
+            dataset_files.fetch(args.name)
+        except (OSError, subprocess.CalledProcessError) as error:
+            raise SystemExit(f"keras-bidir data: fetching {args.name} failed: {error}") from None
+        try:
+            arrays = dataset_files.load_arrays(args.name)
+        except FileNotFoundError:
+            raise SystemExit(f"keras-bidir data: the fetched file does not hold {args.name} as "
+                             "expected (its checksums differ).") from None
+    sizes = ", ".join(f"{key} {len(value):,}" for key, value in arrays.items() if key[0] == "y")
+    print(f"{args.name}: {sizes}; load it with keras_bidir.datasets.load_{args.name}().")
+    return 0
+
+
 def run(args):
     """Runs a parsed `keras-bidir` command; returns the exit code."""
     if args.command == "demo":
@@ -124,6 +147,8 @@ def run(args):
         return 0
     if args.command == "evaluate":
         return _evaluate(args)
+    if args.command == "data":
+        return _data(args)
     if args.command == "bench":
         from keras_bidir_cli import benchmark
 

@@ -10,7 +10,7 @@ import sys
 
 import numpy as np
 
-BUNDLED = ("digits", "mnist_5k", "mnist", "cifar10")
+BUNDLED = ("digits", "mnist_5k", "mnist", "fashion_mnist", "cifar10")
 _NPZ_KEYS = (("x", "y"), ("x_test", "y_test"))
 
 

