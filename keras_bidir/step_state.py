@@ -165,18 +165,19 @@ class StepState:
         """Rows of the per-example memory (0 before it is built)."""
         return int(self.example_variables[0].shape[0]) if self.example_variables else 0
 
-    def read(self):
-        """The state tensors a step starts from: this replica's policy block, then the memory."""
+    def read(self, example_index=None):
+        """The state tensors a step starts from: this replica's policy block, then the batch's
+        rows of the per-example memory (at `example_index`; the rest is never read)."""
         state = [backend.replica_block(ops.convert_to_tensor(v)) for v in self.policy_variables]
-        return state + [ops.convert_to_tensor(v) for v in self.example_variables]
+        return state + [backend.gather_rows(v, example_index) for v in self.example_variables]
 
-    def write(self, state):
-        """Stores a step's final state (the inverse of `read`)."""
+    def write(self, state, example_index=None):
+        """Stores a step's final state (the inverse of `read`): the memory's rows in place."""
         count = len(self.policy_variables)
         for variable, value in zip(self.policy_variables, state):
             variable.assign(backend.gather_blocks(value))
-        for variable, value in zip(self.example_variables, state[count:]):
-            variable.assign(value)
+        for variable, rows in zip(self.example_variables, state[count:]):
+            backend.scatter_rows(variable, example_index, rows)
 
     # -- saving ----------------------------------------------------------------------
     def build_config(self):

@@ -198,7 +198,8 @@ class Step:
 
     def start(self):
         """The input policy's perturbation before the first weight update, and its state."""
-        adversarial, state = self.policy.generate(self.context, self.clean, self.state.read())
+        adversarial, state = self.policy.generate(self.context, self.clean,
+                                                  self.state.read(self.example_index))
         return self._masked(adversarial), state
 
     def _masked(self, adversarial):
@@ -359,7 +360,7 @@ class Step:
         # Each replica adds its share, so a skipped step counts once in the sum.
         self.state.nonfinite.update_state(
             ops.cast(ops.logical_not(finite), "float32") / backend.num_replicas())
-        self.state.write(state)
+        self.state.write(state, self.example_index)
         compiled = private.compiled_metrics(model)
         if compiled is not None and model.clean_metrics and self.y is not None:
             for candidate in (self.record_outputs, self.context.clean_outputs):

@@ -16,6 +16,8 @@ gets one module here exposing the same small set of functions:
   variables.
 - `accumulate(total, gradients, weight)`: running weighted sum of gradients
   (whatever sparse form the backend produces).
+- `gather_rows(variable, index)` / `scatter_rows(variable, index, rows)`: read and
+  write the batch's rows of a per-example memory, at the batch's cost (in place).
 - `sync_state(model)` writes a running JAX fit's state back into the
   variables (callbacks that read or set them). The steps that order the
   trainer's calls per backend sit above this package, in `keras_bidir.steps`:
@@ -48,6 +50,8 @@ _NAMES = (
     "fit_guard",
     "fori_loop",
     "function",
+    "gather_rows",
+    "scatter_rows",
     "gather_blocks",
     "input_gradients",
     "is_symbolic",

@@ -86,6 +86,19 @@ def function(fn, jit_compile=False, state=None):
     return tf.function(fn, jit_compile=jit_compile, reduce_retracing=True, autograph=False)
 
 
+def gather_rows(variable, index):
+    """The rows `index` of `variable` (one row per training example), read without copying
+    the rest (a resource gather)."""
+    return tf.gather(variable.value, tf.cast(index, "int32"))
+
+
+def scatter_rows(variable, index, rows):
+    """Writes `rows` into `variable` at the rows `index`, in place: the cost of the batch,
+    not of the variable (the functional `ops.scatter_update` copies all of it)."""
+    index = tf.reshape(tf.cast(index, "int32"), (-1, 1))
+    variable.value.scatter_nd_update(index, tf.cast(rows, variable.dtype))
+
+
 def is_symbolic(tensor):
     """Whether `tensor` is traced (a graph tensor), so its values cannot be read."""
     return not tf.executing_eagerly() or not hasattr(tensor, "numpy")

@@ -76,7 +76,7 @@ class ATAS(BallPolicy):
         epsilon = self.epsilon * context.scale
         count = len(inputs)
         clip = context.clip(count)
-        carried = memory.ExampleMemory(state, context.example_index)
+        carried = memory.ExampleMemory(state)
         starts = memory.starting_points(self, context, carried, inputs, epsilon)
         _, gradients, _ = context.loss_and_gradients(starts)
         squared = sum(ops.square(constraints.per_example_norm(ops.cast(g, "float32"), "l2"))

@@ -291,9 +291,10 @@ class InputPolicy(Configured):
         """Shapes (without the example axis) of the per-example memory, one entry per tensor.
 
         A policy that returns any keeps one row per training example; `generate`
-        then receives these tensors after those of `state_shapes`, and reads and
-        writes the batch's rows at `context.example_index`
-        (`keras_bidir.example_index.gather_rows` / `scatter_rows`).
+        then receives, after the tensors of `state_shapes`, the batch's rows of
+        this memory (shape `(batch,) + shape`, in the batch's order) and returns
+        them updated. The step reads and writes those rows only, in place, so a
+        step costs the batch, not the memory.
 
         Args:
             example_shapes: one shape per site, without the batch axis.
@@ -355,8 +356,6 @@ class InputPolicy(Configured):
             [tuple(t.shape[1:]) for t in inputs])]
         # Several state tensors per site come site after site, in rounds.
         state = [ops.zeros(s, dtype=inputs[i % len(inputs)].dtype) for i, s in enumerate(shapes)]
-        if self.example_state_shapes([()]) and context.example_index is None:
-            context.example_index = ops.arange(batch)
         adversarial, _ = self.generate(context, inputs, state)
         return adversarial
 

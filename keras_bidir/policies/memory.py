@@ -3,7 +3,6 @@
 from keras import ops
 
 from keras_bidir import constraints
-from keras_bidir import example_index
 from keras_bidir.policies.free import _rows
 from keras_bidir.policies.free import _store_rows
 
@@ -22,26 +21,27 @@ class BatchMemory:
 
 
 class ExampleMemory:
-    """One row per training example, read and written at the batch's example indices.
+    """The batch's rows of a memory kept per training example (the step reads them at the
+    batch's example indices before `generate` and writes them back after the step).
 
     The last tensor flags the examples seen before (1) or not yet (0).
     """
 
-    def __init__(self, tensors, index):
-        self.tensors, self.index = list(tensors), index
+    def __init__(self, tensors):
+        self.tensors = list(tensors)
 
     def read(self, position, batch_size=None):
-        return example_index.gather_rows(self.tensors[position], self.index)
+        return self.tensors[position]
 
     def write(self, position, rows):
-        self.tensors[position] = example_index.scatter_rows(self.tensors[position], self.index, rows)
+        self.tensors[position] = ops.cast(rows, self.tensors[position].dtype)
 
     def seen(self):
         """`(batch,)` bools: which of the batch's examples came by before."""
         return self.read(len(self.tensors) - 1) > 0
 
     def mark_seen(self):
-        self.write(len(self.tensors) - 1, ops.ones((ops.shape(self.index)[0],)))
+        self.write(len(self.tensors) - 1, ops.ones_like(self.tensors[-1]))
 
 
 def remembered_or_random(policy, context, memory, position, x, epsilon):

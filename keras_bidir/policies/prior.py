@@ -109,7 +109,7 @@ class PriorGuidedFGSM(BallPolicy):
         count = len(inputs)
         clip = context.clip(count)
         carried = (memory.BatchMemory(state) if self.prior == "batch"
-                   else memory.ExampleMemory(state, context.example_index))
+                   else memory.ExampleMemory(state))
         starts = memory.starting_points(self, context, carried, inputs, epsilon)
         _, gradients, _ = context.loss_and_gradients(starts)
         context.prior_inputs = [ops.stop_gradient(s) for s in starts]
