@@ -112,11 +112,18 @@ def translate(error, policy_name, rows):
 
 
 def gather_rows(store, index):
-    """The rows of `store` (one per training example) for the examples of a batch."""
-    return ops.take(store, ops.cast(index, "int32"), axis=0)
+    """Removed: a policy's per-example state now arrives as the batch's rows already."""
+    raise _rows_now(store)
 
 
 def scatter_rows(store, index, rows):
-    """`store` with the rows of the batch's examples replaced by `rows`."""
-    index = ops.reshape(ops.cast(index, "int32"), (-1, 1))
-    return ops.scatter_update(store, index, ops.cast(rows, store.dtype))
+    """Removed: a policy returns the batch's rows; the step writes them back in place."""
+    raise _rows_now(store)
+
+
+def _rows_now(store):
+    return TypeError(
+        "A policy's per-example memory (example_state_shapes) reaches "
+        "generate() as the batch's rows, in the batch's order, and generate() returns the "
+        "updated rows: use the tensors as they are, without gather_rows / scatter_rows "
+        f"(got a tensor of shape {tuple(getattr(store, 'shape', ()))}).")

@@ -124,3 +124,12 @@ def test_defaults_follow_the_papers():
     assert policies.RandomFGSM(0.2).step_size == pytest.approx(0.25)  # 1.25·ε
     assert policies.PGD(0.2, steps=20).step_size == pytest.approx(0.025)  # 2.5·ε/steps
     assert policies.FreeAdversarial(0.2).step_size == pytest.approx(0.2)  # ε
+
+
+def test_row_helpers_of_the_old_memory_protocol_say_what_changed():
+    from keras_bidir import example_index
+
+    with pytest.raises(TypeError, match="reaches generate\\(\\) as the batch's rows"):
+        example_index.gather_rows(np.zeros((4, 2)), [0])
+    with pytest.raises(TypeError, match="without gather_rows / scatter_rows"):
+        example_index.scatter_rows(np.zeros((4, 2)), [0], np.ones((1, 2)))
