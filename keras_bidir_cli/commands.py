@@ -109,8 +109,15 @@ def _data(args):
 
     from keras_bidir import dataset_files
 
-    try:
+    def sizes():
+        if args.name == "movie_reviews":
+            _, _, sources = dataset_files.load_movie_reviews()
+            return ", ".join(f"{s} {sources.count(s):,}" for s in sorted(set(sources)))
         arrays = dataset_files.load_arrays(args.name)
+        return ", ".join(f"{key} {len(value):,}" for key, value in arrays.items() if key[0] == "y")
+
+    try:
+        found = sizes()
         print(f"{args.name} is already here ({dataset_files.cache_dir()}).")
     except FileNotFoundError:
         try:
@@ -118,12 +125,11 @@ def _data(args):
         except (OSError, subprocess.CalledProcessError) as error:
             raise SystemExit(f"keras-bidir data: fetching {args.name} failed: {error}") from None
         try:
-            arrays = dataset_files.load_arrays(args.name)
+            found = sizes()
         except FileNotFoundError:
             raise SystemExit(f"keras-bidir data: the fetched file does not hold {args.name} as "
                              "expected (its checksums differ).") from None
-    sizes = ", ".join(f"{key} {len(value):,}" for key, value in arrays.items() if key[0] == "y")
-    print(f"{args.name}: {sizes}; load it with keras_bidir.datasets.load_{args.name}().")
+    print(f"{args.name}: {found}; load it with keras_bidir.datasets.load_{args.name}().")
     return 0
 
 

