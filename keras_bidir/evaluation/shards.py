@@ -14,6 +14,7 @@ import dataclasses
 import json
 import os
 import time
+import warnings
 
 from keras_bidir.evaluation.state import EvaluationState
 from keras_bidir.evaluation.state import FORMAT
@@ -61,8 +62,15 @@ def resolve_shard(shard):
     """
     if shard is None:
         return None
-    if isinstance(shard, str):
-        shard = _from_runtime() if shard == "auto" else _parse(shard)
+    if shard == "auto":
+        shard = _from_runtime()
+        if shard.count == 1:
+            warnings.warn("shard='auto' found no multi-process job (jax.distributed on JAX, "
+                          "TF_CONFIG on TensorFlow): this process evaluates every batch. "
+                          "Pass shard='i/n' to each process to share the evaluation.",
+                          stacklevel=3)
+    elif isinstance(shard, str):
+        shard = _parse(shard)
     if not isinstance(shard, Shard):
         try:
             index, count = shard

@@ -111,6 +111,9 @@ def test_shard_arguments_are_checked(trained_plain, digits, tmp_path, monkeypatc
             shards_lib.resolve_shard(bad)
     assert shards_lib.resolve_shard("1/3") == shards_lib.Shard(1, 3)
     assert shards_lib.resolve_shard((0, 1)) is None  # one shard: an ordinary evaluation
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    with pytest.warns(UserWarning, match="found no multi-process job"):
+        assert shards_lib.resolve_shard("auto") is None  # one process: evaluates everything
     cluster = {"chief": ["h0:1"], "worker": ["h1:1", "h2:1"]}
     monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": cluster,
                                                 "task": {"type": "worker", "index": 1}}))
