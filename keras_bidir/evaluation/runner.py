@@ -148,11 +148,16 @@ def num_examples(y):
 
 
 def batches(x, y, batch_size):
-    count = num_examples(y)
-    for start in range(0, count, batch_size):
-        stop = min(start + batch_size, count)
-        take = lambda a: a[start:stop]  # noqa: E731
-        yield keras.tree.map_structure(take, x), keras.tree.map_structure(take, y)
+    """`(xb, yb)` batch after batch."""
+    for index in range(-(-num_examples(y) // batch_size)):
+        yield batch_at(x, y, batch_size, index)
+
+
+def batch_at(x, y, batch_size, index):
+    """`(xb, yb)` of batch `index` alone (inputs on disk are read for it only)."""
+    start = index * batch_size
+    take = lambda a: a[start:start + batch_size]  # noqa: E731
+    return keras.tree.map_structure(take, x), keras.tree.map_structure(take, y)
 
 
 def materialize(data, on_disk=False):

@@ -7,7 +7,7 @@ from keras import ops
 from keras_bidir import backend
 from keras_bidir.evaluation.judge import Judge
 from keras_bidir.evaluation.runner import AttackRunner
-from keras_bidir.evaluation.runner import batches
+from keras_bidir.evaluation.runner import batch_at
 from keras_bidir.evaluation.runner import has_compiled_loss
 from keras_bidir.evaluation.runner import num_examples
 from keras_bidir.evaluation.runner import single_restart
@@ -73,14 +73,15 @@ def scores_under_attack(model, x, y, attack, judge=None, batch_size=512, loss=No
     result = None
     for run_index in range(runs):
         parts, done, theirs = [], 0, []
-        for batch, (xb, yb) in enumerate(batches(x, y, batch_size)):
+        for batch in range(per_run):
             key, number = f"{run_index}/{batch}", run_index * per_run + batch
             if store is not None and not store.owns(number):  # another shard attacks it
                 theirs.append((len(parts), key, number))
                 parts.append(None)
                 continue
             scores = None if store is None else store.get(key)
-            if scores is None:
+            if scores is None:  # read and attacked only now: not for stored or others' batches
+                xb, yb = batch_at(x, y, batch_size, batch)
                 scores = _score_batch(model, runner, judge, xb, yb, epsilon,
                                       batch_seed(seed, run_index, batch))
                 if store is not None:

@@ -17,7 +17,6 @@ import time
 import warnings
 
 from keras_bidir.evaluation.state import EvaluationState
-from keras_bidir.evaluation.state import FORMAT
 from keras_bidir.evaluation.state import StateReader
 
 
@@ -121,7 +120,7 @@ class ShardedState(EvaluationState):
 
     def __init__(self, path, fingerprint, description, shard):
         super().__init__(shard_path(path, shard.index, shard.count), fingerprint, description)
-        self.shard, self.description = shard, description
+        self.shard = shard
         self.started = time.time()
         self.others = {}
         for i in range(shard.count):
@@ -164,12 +163,7 @@ class ShardedState(EvaluationState):
         meta = other["reader"].read(starting=True)
         if meta is None:  # its header is being written
             return
-        if meta.get("format") != FORMAT or meta.get("fingerprint") != self._meta["fingerprint"]:
-            raise ValueError(
-                f"{other['path']} holds the results of another evaluation: "
-                f"{json.dumps(meta.get('description'), sort_keys=True)}, not "
-                f"{json.dumps(self.description, sort_keys=True)}. Every shard must run the same "
-                "model, data and settings; delete stale shard files before a new run.")
+        self.check_same(meta, other["path"])  # every shard runs the same evaluation
         failed = meta.get("failed")
         if failed and failed["at"] >= self.started:  # an older failure: it may be restarting
             raise RuntimeError(f"Shard {other['index']} stopped with an error ({other['path']}): "

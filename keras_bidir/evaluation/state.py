@@ -60,25 +60,28 @@ class EvaluationState:
         self.entries = {}
         self.reused = 0
         if os.path.exists(self.path):
-            self._resume(description)
+            self._resume()
         else:
             with open(self.path, "wb") as handle:
                 _append(handle, MAGIC + _record(_META, json.dumps(self._meta).encode()))
 
-    def _resume(self, description):
+    def _resume(self):
         reader = StateReader(self.path)
-        meta = reader.read()
-        if meta.get("format") != FORMAT or meta.get("fingerprint") != self._meta["fingerprint"]:
-            raise ValueError(
-                f"{self.path} holds the results of another evaluation (other weights, data, "
-                "radii, attacks or settings): it was "
-                f"{json.dumps(meta.get('description'), sort_keys=True)}, this one is "
-                f"{json.dumps(description, sort_keys=True)}. Pass another state path, or delete "
-                "the file to start afresh.")
+        self.check_same(reader.read(), self.path)
         self.entries = dict(reader.entries)
         with open(self.path, "r+b") as handle:  # drop a record a kill cut short
             handle.truncate(reader.offset)
         self._append(_record(_META, json.dumps(self._meta).encode()))  # clears a failure
+
+    def check_same(self, meta, path):
+        """Refuses `meta`, read from `path`, unless it is this evaluation's."""
+        if meta.get("format") != FORMAT or meta.get("fingerprint") != self._meta["fingerprint"]:
+            raise ValueError(
+                f"{path} holds the results of another evaluation (other weights, data, "
+                "radii, attacks or settings): it was "
+                f"{json.dumps(meta.get('description'), sort_keys=True)}, this one is "
+                f"{json.dumps(self._meta['description'], sort_keys=True)}. Pass another state "
+                "path, or delete the file to start afresh.")
 
     def owns(self, batch):
         """Whether this process attacks `batch` (numbered across the evaluation): all of them."""

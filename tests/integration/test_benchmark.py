@@ -140,3 +140,9 @@ def test_evaluation_bench_times_both_suites_and_tabulates_them(trained_plain, di
     payload = {"epsilons": [0.3], "results": {"plain": {"train_seconds": 1.0, **rows}}}
     line = evaluation_bench.table(payload).splitlines()[-1]
     assert line.startswith("| plain |") and f"{rows['standard_over_fast']:.2f}" in line
+    payload["shard_scaling"] = {"examples": 1797, "processes": 2, "speedup": 9.0 / 4.75,
+                                "sharded_examples_per_second": 9.0,
+                                "one_process_examples_per_second": 4.75, "same_report": True}
+    assert evaluation_bench.table(payload).splitlines()[-1] == (
+        "Standard suite on 1797 examples, one compute thread per process: 2 shard processes "
+        "9.0 examples/s, one process 4.8: **1.89×** (same report: yes).")
