@@ -36,17 +36,15 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/keras-bidir demo
 
-# Two passes: the whole suite on the active backend (KERAS_BACKEND, TensorFlow by default), then
-# the tests that depend on the backend's gradient and state code (marker `backends`) on the other.
+# Two passes, side by side (tests/both_backends.sh): the whole suite on the active backend
+# (KERAS_BACKEND, TensorFlow by default) and the tests that depend on the backend's gradient and
+# state code (marker `backends`) on the other.
 # The whole suite on JAX: KERAS_BACKEND=jax make test.
 BACKEND := $(or $(KERAS_BACKEND),tensorflow)
 OTHER_BACKEND := $(if $(filter jax,$(BACKEND)),tensorflow,jax)
 
 test: $(STAMP)
-	@echo "== 1/2: the whole suite on $(BACKEND) =="
-	$(TEST_THREADS) KERAS_BACKEND=$(BACKEND) $(BIN)/python -m pytest -m "not slow" -n $(TEST_WORKERS) --dist worksteal
-	@echo "== 2/2: the backend-dependent tests (-m backends) on $(OTHER_BACKEND) =="
-	$(TEST_THREADS) KERAS_BACKEND=$(OTHER_BACKEND) $(BIN)/python -m pytest -m "backends and not slow" -n $(TEST_WORKERS) --dist worksteal
+	$(TEST_THREADS) tests/both_backends.sh $(BIN)/python $(BACKEND) $(OTHER_BACKEND) $(TEST_WORKERS)
 
 test-all: $(STAMP)
 	$(TEST_THREADS) KERAS_BACKEND=$(BACKEND) $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist worksteal

@@ -108,6 +108,20 @@ def training_policies():
     ]
 
 
+# One policy of each way the step runs a policy: a random start (RandomFGSM), an attack loop
+# with restarts (PGD), replays (Free), a graph-loop attack (APGD), accumulated gradients
+# (FreeLB), carried state (batch-prior FGSM), clean outputs (MART), a memory per example
+# (ATAS). The every-policy matrices run these in `make test` and the rest in `make test-all`.
+ONE_OF_EACH_KIND = (1, 3, 4, 6, 7, 8, 9, 11)  # indices into training_policies()
+
+
+def every_policy_cases(marks=()):
+    """`training_policies()` as pytest params: the kinds above, the others marked `slow`."""
+    return [pytest.param(policy, marks=list(marks) + ([] if index in ONE_OF_EACH_KIND else [pytest.mark.slow]),
+                         id=type(policy).__name__ + ("" if index in ONE_OF_EACH_KIND else f"{index}"))
+            for index, policy in enumerate(training_policies())]
+
+
 BACKEND = keras.backend.backend()
 
 

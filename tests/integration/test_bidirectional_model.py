@@ -10,11 +10,12 @@ from keras_bidir import policies
 from conftest import RecordGradients as RecordInputGradient
 from conftest import compile_classifier, independent_gradients, tiny_cnn
 
-pytestmark = pytest.mark.backends  # `make test` runs these on both backends
+# `make test` runs the tests marked `backends` on both backends (tests/README.md: which)
 
 CLIP = {"clip_min": 0.0, "clip_max": 1.0}
 
 
+@pytest.mark.backends
 def test_one_tape_gradients_match_independent_tape(small_batch):
     x, y = small_batch
     base = tiny_cnn(3)
@@ -38,7 +39,8 @@ def test_one_tape_gradients_match_independent_tape(small_batch):
         np.testing.assert_allclose(before - after.numpy(), grad, rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize("clean_weight,adversarial_weight", [(0.0, 1.0), (1.0, 0.5), (0.3, 2.0)])
+@pytest.mark.parametrize("clean_weight,adversarial_weight", [
+    (0.0, 1.0), (1.0, 0.5), pytest.param(0.3, 2.0, marks=pytest.mark.backends)])
 def test_total_loss_is_weighted_sum(small_batch, clean_weight, adversarial_weight):
     x, y = small_batch
     base = tiny_cnn(4)
@@ -65,6 +67,7 @@ def _fit_logs(model, *args, **kwargs):
     return model.fit(*args, verbose=0, **kwargs).history
 
 
+@pytest.mark.backends
 def test_fit_with_arrays_tf_data_generators_and_weights(digits):
     (x, y), (xv, yv) = digits
     x, y = x[:256], y[:256]
@@ -113,6 +116,7 @@ def test_free_adversarial_with_generator_keeps_first_batch_and_state(digits):
     assert 0 < history["perturbation_norm"][-1] <= 0.1 + 1e-6
 
 
+@pytest.mark.backends
 def test_free_adversarial_handles_a_smaller_last_batch(digits):
     (x, y), _ = digits
     model = kb.BidirectionalModel(tiny_cnn(), policies.FreeAdversarial(0.1, replays=2, **CLIP))
@@ -121,6 +125,7 @@ def test_free_adversarial_handles_a_smaller_last_batch(digits):
     assert model.step_state.policy_variables[0].shape[0] == 64
 
 
+@pytest.mark.backends
 def test_dict_inputs_with_integer_feature_and_perturb_selection():
     rng = np.random.default_rng(0)
     image = keras.Input((6,), name="image")
@@ -152,6 +157,7 @@ def test_dict_inputs_with_integer_feature_and_perturb_selection():
         bad.fit(x, y, epochs=1, verbose=0)
 
 
+@pytest.mark.backends
 def test_integer_only_model_is_a_clear_error():
     tokens = keras.Input((5,), dtype="int32")
     x = keras.layers.GlobalAveragePooling1D()(keras.layers.Embedding(20, 4)(tokens))
@@ -209,7 +215,7 @@ def test_unlabeled_batches_are_rejected_for_gradient_policies(small_batch):
 
 @pytest.mark.parametrize("policy", [
     policies.PGD(0.1, steps=2, **CLIP),
-    policies.FreeAdversarial(0.1, replays=2, **CLIP),
+    pytest.param(policies.FreeAdversarial(0.1, replays=2, **CLIP), marks=pytest.mark.backends),
     policies.GaussianNoise(0.1),
 ], ids=lambda p: type(p).__name__)
 def test_save_and_load_round_trip(tmp_path, small_batch, policy):
@@ -235,6 +241,7 @@ def test_save_and_load_round_trip(tmp_path, small_batch, policy):
                                model.predict(x, verbose=0), atol=1e-6)
 
 
+@pytest.mark.backends
 def test_subclassed_base_model(small_batch):
     class Net(keras.Model):
         def __init__(self):
@@ -251,6 +258,7 @@ def test_subclassed_base_model(small_batch):
     assert history["loss"][-1] < history["loss"][0]
 
 
+@pytest.mark.backends
 def test_attack_mode_controls_batchnorm_statistics(small_batch):
     x, y = small_batch
 

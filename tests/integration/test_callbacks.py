@@ -8,7 +8,7 @@ import keras_bidir as kb
 from keras_bidir import callbacks, evaluation, policies
 from conftest import compile_classifier, tiny_cnn
 
-pytestmark = pytest.mark.backends  # `make test` runs these on both backends
+# `make test` runs the tests marked `backends` on both backends (tests/README.md: which)
 
 CLIP = {"clip_min": 0.0, "clip_max": 1.0}
 
@@ -54,6 +54,7 @@ def test_robust_accuracy_drives_model_checkpoint_and_csv_logger(digits, tmp_path
     assert "val_robust_accuracy" in rows[0] and len(rows) == 4
 
 
+@pytest.mark.backends
 def test_robust_accuracy_every_n_epochs(digits):
     (x, y), (xv, yv) = digits
     model = _model()
@@ -76,6 +77,7 @@ def test_epsilon_schedule_delay_and_ramp(digits):
     assert history.history["adv_accuracy"][0] == pytest.approx(history.history["accuracy"][0], abs=0.05)
 
 
+@pytest.mark.backends
 def test_epsilon_schedule_by_step_follows_optimizer_iterations(digits):
     (x, y), _ = digits
     model = _model(policies.FreeAdversarial(0.2, replays=2, **CLIP))
@@ -90,6 +92,7 @@ def test_epsilon_schedule_by_step_follows_optimizer_iterations(digits):
     assert scales == [0.25, 0.5, 0.75, 1.0]
 
 
+@pytest.mark.backends
 def test_perturbation_stats(digits):
     (x, y), _ = digits
     model = _model(policies.PGD(0.2, steps=3, **CLIP))

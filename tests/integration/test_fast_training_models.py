@@ -10,9 +10,10 @@ from keras_bidir import policies
 from keras_bidir import recipes
 from keras_bidir.schedules import OneCycle
 
-pytestmark = pytest.mark.backends  # `make test` runs these on both backends
+# `make test` runs the tests marked `backends` on both backends (tests/README.md: which)
 
 
+@pytest.mark.backends
 def test_mart_trains_without_a_clean_loss_term_but_with_clean_outputs(small_batch):
     x, y = small_batch
     model = compile_classifier(kb.BidirectionalModel(tiny_cnn(), policies.MART(0.1, steps=2)))
@@ -65,7 +66,7 @@ def _next_prior_perturbation(base, x, y, delta, epsilon, step):
     return np.clip(x + np.clip(start + step * np.sign(g) - x, -epsilon, epsilon), 0, 1) - x
 
 
-@pytest.mark.parametrize("data", ["arrays", "dataset"])
+@pytest.mark.parametrize("data", ["arrays", pytest.param("dataset", marks=pytest.mark.backends)])
 def test_example_prior_follows_each_example_through_shuffled_epochs(data):
     import tensorflow as tf
 
@@ -90,6 +91,7 @@ def test_example_prior_follows_each_example_through_shuffled_epochs(data):
     np.testing.assert_allclose(one_epoch()[0], expected, atol=1e-5)
 
 
+@pytest.mark.backends
 def test_atas_steps_each_example_by_its_running_gradient_norm():
     x, y = _digits_64()
     policy = policies.ATAS(0.1, c=1.0, beta=0.5, clip_min=0.0, clip_max=1.0)
@@ -108,6 +110,7 @@ def test_atas_steps_each_example_by_its_running_gradient_norm():
     np.testing.assert_allclose(delta2, expected, atol=1e-5)
 
 
+@pytest.mark.backends
 def test_per_example_memory_is_saved_and_needs_indexed_datasets(tmp_path):
     import tensorflow as tf
 
@@ -128,7 +131,8 @@ def test_per_example_memory_is_saved_and_needs_indexed_datasets(tmp_path):
         fresh.fit(indexed.batch(16), epochs=1, verbose=0)
 
 
-@pytest.mark.parametrize("shuffled", [True, False], ids=["shuffled", "in_order"])
+@pytest.mark.parametrize("shuffled", [pytest.param(True, marks=pytest.mark.backends), False],
+                         ids=["shuffled", "in_order"])
 def test_a_per_example_memory_smaller_than_the_data_is_refused_with_both_numbers(digits,
                                                                                 shuffled):
     # Before: JAX trained on silently (500 examples never got a memory row); TensorFlow

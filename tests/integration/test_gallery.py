@@ -10,7 +10,8 @@ from keras_bidir.layers import PerturbationPoint
 from conftest import compile_classifier, tiny_cnn
 
 # The pictures run attacks through the same compiled runner as the evaluation (whose tests run
-# on both backends) and draw NumPy arrays; the callback that draws them during fit runs on both.
+# on both backends) and draw NumPy arrays; PerturbationStats' attack during fit runs on both
+# (test_callbacks.py), its TensorBoard images (NumPy through tf.summary) on the first only.
 
 CLIP = {"clip_min": 0.0, "clip_max": 1.0}
 
@@ -78,7 +79,6 @@ def _events(log_dir):
     return found
 
 
-@pytest.mark.backends
 def test_perturbation_stats_draws_flipped_examples_to_tensorboard(digits, tmp_path):
     import tensorflow as tf
 

@@ -6,7 +6,8 @@ import pytest
 
 import keras_bidir as kb
 from keras_bidir import policies
-from conftest import RecordGradients, compile_classifier, independent_gradients, tiny_cnn, training_policies
+from conftest import (ONE_OF_EACH_KIND, RecordGradients, compile_classifier, independent_gradients, tiny_cnn,
+                      training_policies)
 
 CLIP = {"clip_min": 0.0, "clip_max": 1.0}
 
@@ -28,12 +29,15 @@ SECOND_PASS = (policies.PGD, policies.FreeAdversarial, policies.FreeLB, policies
 
 
 def _mixed_precision_cases():
+    """float16 (loss scaling) with every policy; bfloat16 with one of each kind (conftest)."""
     cases = []
     for precision in ("mixed_float16", "mixed_bfloat16"):
         for index, policy in enumerate(ALL):
             second = precision == "mixed_float16" and (
                 isinstance(policy, SECOND_PASS) or index == 8)  # index 8: batch-prior FGSM
-            cases.append(pytest.param(precision, policy, marks=[pytest.mark.backends] if second else [],
+            slow = precision == "mixed_bfloat16" and index not in ONE_OF_EACH_KIND
+            marks = [pytest.mark.backends] if second else [pytest.mark.slow] if slow else []
+            cases.append(pytest.param(precision, policy, marks=marks,
                                       id=f"{type(policy).__name__}{index}-{precision}"))
     return cases
 

@@ -8,7 +8,7 @@ import pytest
 
 import keras_bidir as kb
 from keras_bidir import policies
-from conftest import compile_classifier, tiny_cnn, training_policies
+from conftest import compile_classifier, every_policy_cases, tiny_cnn
 
 CLIP = {"clip_min": 0.0, "clip_max": 1.0}
 
@@ -77,7 +77,7 @@ def test_jit_compile_random_policies(policy, small_batch):
     assert xla["loss"][-1] == pytest.approx(graph["loss"][-1], rel=0.1)
 
 
-@pytest.mark.parametrize("policy", training_policies(), ids=lambda p: type(p).__name__)
+@pytest.mark.parametrize("policy", every_policy_cases())
 def test_steps_per_execution(policy, small_batch):
     x, y = small_batch
     model = kb.BidirectionalModel(tiny_cnn(), policy)

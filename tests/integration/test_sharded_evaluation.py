@@ -12,7 +12,7 @@ from conftest import compile_classifier
 from keras_bidir.evaluation import shards as shards_lib
 from keras_bidir.evaluation import state as state_lib
 
-pytestmark = pytest.mark.backends  # `make test` runs these on both backends
+# `make test` runs the tests marked `backends` on both backends (tests/README.md: which)
 
 # A cascade (survivors re-batched), an attack with two runs (restarts), 2 radii; 100 examples
 # in batches of 16: 7 batches, the last ragged, an odd number to split between 2 shards.
@@ -53,6 +53,7 @@ def _run_shards(model, data, epsilons, state, count=2):
     return reports
 
 
+@pytest.mark.backends
 def test_shards_split_the_batches_and_each_reports_what_one_process_does(
         trained_plain, digits, tmp_path):
     _, (x, y) = digits
