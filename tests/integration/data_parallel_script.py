@@ -29,9 +29,9 @@ OUTPUT = sys.argv[1]
 GLOBAL_BATCH = 32
 CLIP = {"clip_min": 0.0, "clip_max": 1.0}
 POLICIES = {
-    "pgd": lambda: policies.PGD(0.1, steps=3, **CLIP),
+    # Carried state and replays (batch-prior FGSM carries its state the same way; the
+    # RobustAccuracy callback's PGD runs under DataParallel with every policy).
     "free": lambda: policies.FreeAdversarial(0.1, replays=3, **CLIP),
-    "prior": lambda: policies.PriorGuidedFGSM(0.1, momentum=0.3, **CLIP),
     "atas": lambda: policies.ATAS(0.1, **CLIP),  # a memory per training example
     "sam": lambda: policies.FGSM(0.1, **CLIP),  # with the SAM weight policy
 }

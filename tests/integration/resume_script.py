@@ -1,7 +1,8 @@
 """Helper for tests/integration/test_resume.py: trains, optionally dies mid-epoch, resumes.
 
     python tests/integration/resume_script.py MODE BACKUP_DIR OUTPUT POLICIES
-MODE is "plain-run" (uninterrupted), "crash" (exits hard during epoch 3) or "resume";
+MODE is "plain-run" (uninterrupted), "crash" (exits hard during epoch 3) or "resume"; the
+first two also write the weights after epoch 2 to OUTPUT.<policy>.npy.epoch2.npy;
 POLICIES a comma-separated list of "free" (persistent δ) and "pgd" (a random start from the
 policy's random stream), trained one after the other in this process (a crash stops at the
 first). Each policy backs up to BACKUP_DIR/<policy> and writes OUTPUT.<policy>.npy.
@@ -51,6 +52,9 @@ def train(mode, backup_dir, output, policy):
         callbacks.append(Die())
     seen = []
     callbacks.append(keras.callbacks.LambdaCallback(on_train_batch_end=lambda b, logs: seen.append(b)))
+    if mode != "resume":  # the weights after epoch 2, which the crashed run reaches too
+        callbacks.append(keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: epoch == 1 and np.save(
+            output + ".epoch2.npy", np.concatenate([w.ravel() for w in model.get_weights()]))))
     model.fit(x, y, batch_size=64, epochs=4, shuffle=False, verbose=0, callbacks=callbacks)
     with open(output + ".batches", "w") as handle:
         handle.write(str(len(seen)))

@@ -64,7 +64,7 @@ def test_jit_compile_matches_graph_mode(policy, small_batch):
 @pytest.mark.parametrize("policy", [
     policies.RandomFGSM(0.1, **CLIP),
     policies.PGD(0.1, steps=2, restarts=2, **CLIP),
-    policies.GaussianNoise(0.1, epsilon=0.1, **CLIP),
+    pytest.param(policies.GaussianNoise(0.1, epsilon=0.1, **CLIP), marks=pytest.mark.slow),  # as RandomFGSM
     policies.APGD(0.1, steps=4, **CLIP),
 ], ids=lambda p: type(p).__name__)
 def test_jit_compile_random_policies(policy, small_batch):

@@ -78,6 +78,7 @@ def test_crafted_config_cannot_run_code(tmp_path, small_batch):
     assert not marker.exists()
 
 
+@pytest.mark.slow  # make test: test_resume.py's seeded processes (PGD, Free) agree bit for bit
 def test_two_seeded_runs_give_identical_weights(digits):
     (x, y), _ = digits
     script = (
