@@ -121,7 +121,7 @@ def worker():
     strategy = tf.distribute.MultiWorkerMirroredStrategy()
     x, y = data()
     weights, logs = [], {}
-    for name in ("pgd", "free"):
+    for name in ["free"]:  # replays and a carried δ (PGD and the others: mirrored())
         keras.utils.set_random_seed(0)  # same initial weights on both workers
         with strategy.scope():
             model = make_model(name)
