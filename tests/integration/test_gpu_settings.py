@@ -29,13 +29,13 @@ SECOND_PASS = (policies.PGD, policies.FreeAdversarial, policies.FreeLB, policies
 
 
 def _mixed_precision_cases():
-    """float16 (loss scaling) with every policy; bfloat16 with one of each kind (conftest)."""
+    """Both precisions with one policy of each kind (conftest); `make test-all` runs every policy."""
     cases = []
     for precision in ("mixed_float16", "mixed_bfloat16"):
         for index, policy in enumerate(ALL):
             second = precision == "mixed_float16" and (
                 isinstance(policy, SECOND_PASS) or index == 8)  # index 8: batch-prior FGSM
-            slow = precision == "mixed_bfloat16" and index not in ONE_OF_EACH_KIND
+            slow = index not in ONE_OF_EACH_KIND
             marks = [pytest.mark.backends] if second else [pytest.mark.slow] if slow else []
             cases.append(pytest.param(precision, policy, marks=marks,
                                       id=f"{type(policy).__name__}{index}-{precision}"))
