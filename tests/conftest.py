@@ -115,9 +115,9 @@ def training_policies():
 ONE_OF_EACH_KIND = (1, 3, 4, 6, 7, 8, 9, 11)  # indices into training_policies()
 
 
-def every_policy_cases(marks=()):
+def every_policy_cases():
     """`training_policies()` as pytest params: the kinds above, the others marked `slow`."""
-    return [pytest.param(policy, marks=list(marks) + ([] if index in ONE_OF_EACH_KIND else [pytest.mark.slow]),
+    return [pytest.param(policy, marks=[] if index in ONE_OF_EACH_KIND else [pytest.mark.slow],
                          id=type(policy).__name__ + ("" if index in ONE_OF_EACH_KIND else f"{index}"))
             for index, policy in enumerate(training_policies())]
 
